@@ -1,0 +1,197 @@
+"""Stream a corpus for training: shuffled, split by DDP rank and DataLoader
+worker, with the same number of batches on every rank.
+
+Why fixed batch counts: DDP ranks that run different numbers of steps hang in
+the gradient all-reduce. Shards hold unequal sample counts, so instead of
+"read my shards once" each (rank, worker) stream *cycles* over its own shards
+and stops after exactly ``batches_per_worker`` batches; every rank therefore
+yields ``num_workers * batches_per_worker`` batches per epoch.
+
+Streams are disjoint: the S = world_size x num_workers streams take every S-th
+shard of a per-epoch, seed-shared shard permutation. A split with fewer shards
+than streams falls back to taking every S-th *sample* of all shards (still
+disjoint, just more reading).
+
+This module is Ray- and torch.distributed-free: the caller passes rank and
+world size (Ray Train's ``get_context()`` gives them).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision.io import ImageReadMode, decode_png
+
+from genlib.data import schema
+from genlib.data.corpus import Corpus, open_corpus
+
+Target = Literal["image", "index"]
+
+
+@dataclass
+class StreamSpec:
+    """Everything one rank needs to build its share of an epoch."""
+
+    shards: list[str]
+    batch_size: int
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+    target: Target = "image"
+    shuffle: bool = True
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    batches_per_worker: int | None = None  # None: read each stream's data once (evaluation)
+
+    @property
+    def workers(self) -> int:
+        return max(self.num_workers, 1)
+
+    @property
+    def streams(self) -> int:
+        return self.world_size * self.workers
+
+
+class CorpusStream(IterableDataset):
+    """An IterableDataset of collated batches (``{"image"|"index": Tensor, "key": [...]}``)."""
+
+    def __init__(self, spec: StreamSpec) -> None:
+        super().__init__()
+        if not spec.shards:
+            raise ValueError("no shards to stream")
+        if not 0 <= spec.rank < spec.world_size:
+            raise ValueError(f"rank {spec.rank} outside world_size {spec.world_size}")
+        self.spec = spec
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed shuffling for ``epoch`` (workers pick this up at the next iter())."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.spec.batches_per_worker is None:
+            raise TypeError("a read-once (evaluation) stream has no fixed length")
+        return self.spec.workers * self.spec.batches_per_worker
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        spec = self.spec
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if workers != spec.workers:
+            raise RuntimeError(f"StreamSpec.num_workers={spec.num_workers} but the DataLoader runs "
+                               f"{workers} workers; build loaders with make_loader()")
+        stream = spec.rank * spec.workers + worker
+        repeat = spec.batches_per_worker is not None
+        pipeline = wds.DataPipeline(
+            _shard_urls(spec, stream, self.epoch, repeat),
+            wds.tarfile_to_samples(),
+            *([_every_nth(stream, spec.streams)] if len(spec.shards) < spec.streams else []),
+            *([wds.shuffle(spec.shuffle_buffer, min(100, spec.shuffle_buffer),
+                           seed=_seed(spec.seed, self.epoch, stream, 1))] if spec.shuffle else []),
+            wds.map(_decoder(spec.target)),
+            wds.batched(spec.batch_size, collation_fn=collate, partial=not repeat),
+        )
+        batches = iter(pipeline)
+        return islice(batches, spec.batches_per_worker) if repeat else batches
+
+
+def _seed(*parts: int) -> int:
+    return hash(tuple(parts)) & 0x7FFFFFFF  # ints hash deterministically (no PYTHONHASHSEED salt)
+
+
+def _shard_urls(spec: StreamSpec, stream: int, epoch: int, repeat: bool):
+    """Yield ``{"url": ...}`` for this stream's shards; forever (reshuffled each
+    cycle) when ``repeat``, else once."""
+
+    def gen():
+        shards = list(spec.shards)
+        if spec.shuffle:  # same permutation on every rank and worker: streams stay disjoint
+            random.Random(_seed(spec.seed, epoch, 0)).shuffle(shards)
+        mine = shards[stream::spec.streams] if len(shards) >= spec.streams else shards
+        cycle = 0
+        while True:
+            order = list(mine)
+            if spec.shuffle and cycle:
+                random.Random(_seed(spec.seed, epoch, stream, 2, cycle)).shuffle(order)
+            for url in order:
+                yield {"url": url}
+            cycle += 1
+            if not repeat:
+                return
+
+    return gen
+
+
+def _every_nth(stream: int, streams: int):
+    def select(samples):
+        for i, sample in enumerate(samples):
+            if i % streams == stream:
+                yield sample
+
+    return select
+
+
+def _decoder(target: Target):
+    ext = schema.INDEX_EXT if target == "index" else schema.IMAGE_EXT
+
+    def decode(sample: dict) -> dict:
+        if ext not in sample:
+            raise KeyError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no '{ext}' "
+                           f"(target={target!r}; was the corpus built with a palette?)")
+        raw = torch.frombuffer(bytearray(sample[ext]), dtype=torch.uint8)
+        if target == "index":
+            value = decode_png(raw, ImageReadMode.GRAY)[0].long()          # [H, W] palette indices
+        else:
+            value = decode_png(raw, ImageReadMode.RGB).float() / 127.5 - 1.0  # [3, H, W] in [-1, 1]
+        return {target: value, "key": sample["__key__"]}
+
+    return decode
+
+
+def collate(samples: list[dict]) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": [s["key"] for s in samples]}
+    for name in samples[0]:
+        if name != "key":
+            out[name] = torch.stack([s[name] for s in samples])
+    return out
+
+
+def batches_per_worker(count: int, batch_size: int, world_size: int, num_workers: int) -> int:
+    """Full batches each stream yields so one epoch covers ~``count`` samples in total."""
+    per_rank = count // (world_size * batch_size)
+    if per_rank < 1:
+        raise ValueError(f"{count} samples cannot fill one batch of {batch_size} on each of "
+                         f"{world_size} ranks; lower the batch size")
+    return max(1, per_rank // max(num_workers, 1))
+
+
+def make_loader(corpus: str | Path | Corpus, split: str = "train", *, batch_size: int = 64, rank: int = 0,
+                world_size: int = 1, num_workers: int = 2, target: Target = "image", seed: int = 0,
+                shuffle_buffer: int = 1000, train: bool = True) -> DataLoader:
+    """A DataLoader over one split. ``train=True``: shuffled, cycling, equal
+    ``len(loader)`` on every rank. ``train=False``: one ordered pass over this
+    rank's share, last batch partial (for evaluation)."""
+    c = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
+    if target == "index" and c.palette is None:
+        raise ValueError(f"corpus {c.root} has no palette; rebuild it with palette.colors > 0 for PixelRNN")
+    shards = c.shards(split)
+    if not shards:
+        raise ValueError(f"corpus {c.root} has no '{split}' samples")
+    spec = StreamSpec(shards=shards, batch_size=batch_size, rank=rank, world_size=world_size,
+                      num_workers=num_workers, target=target, shuffle=train, shuffle_buffer=shuffle_buffer,
+                      seed=seed, batches_per_worker=(batches_per_worker(c.count(split), batch_size, world_size,
+                                                                         num_workers) if train else None))
+    return DataLoader(CorpusStream(spec), batch_size=None, num_workers=num_workers,
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+
+
+def read_sidecar(sample: dict) -> dict:
+    return json.loads(sample[schema.META_EXT])

@@ -1,0 +1,44 @@
+"""Run the corpus build's per-image work as Ray tasks (for cluster-sized corpora)."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Iterable, Iterator
+
+from genlib.data.process import Processed
+from genlib.data.sources import RawItem
+
+
+class RayMapper:
+    """Maps chunk work over Ray tasks with bounded in-flight work.
+
+    Each task asks for a fractional CPU (``num_cpus``) so the driver and other
+    jobs sharing a small machine are never starved; results stream back in
+    submission order while ``max_in_flight`` bounds driver memory.
+    """
+
+    def __init__(self, num_cpus: float = 0.5, max_in_flight: int = 32, address: str | None = None) -> None:
+        self.num_cpus = num_cpus
+        self.max_in_flight = max_in_flight
+        self.address = address
+
+    def map_chunks(self, fn: Callable[[list[RawItem]], list[Processed]],
+                   chunks: Iterable[list[RawItem]]) -> Iterator[list[Processed]]:
+        import ray
+
+        from genlib.distributed.runtime import init_ray
+
+        init_ray(self.address)
+        remote = ray.remote(num_cpus=self.num_cpus, max_retries=3)(_call)
+        fn_ref = ray.put(fn)
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(remote.remote(fn_ref, chunk))
+            if len(pending) >= self.max_in_flight:
+                yield ray.get(pending.popleft())
+        while pending:
+            yield ray.get(pending.popleft())
+
+
+def _call(fn, chunk):
+    return fn(chunk)

@@ -1,0 +1,20 @@
+"""Connect to Ray: an existing cluster when one is configured, else an embedded local one."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """``address=None``: join the cluster named by ``RAY_ADDRESS`` (set by
+    ``ray job submit``) if any, else start an embedded local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"ignore_reinit_error": True, "log_to_driver": True, "include_dashboard": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)

@@ -1,0 +1,1 @@
+"""Model families (single-device, Ray-free): DCGAN, VAE, PixelRNN."""

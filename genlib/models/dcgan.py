@@ -1,0 +1,321 @@
+"""DCGAN family (Radford, Metz & Chintala 2015, *Unsupervised Representation
+Learning with Deep Convolutional Generative Adversarial Networks*).
+
+- :class:`Generator`: ``z [B, nz]`` -> fractionally-strided ``ConvTranspose2d``
+  stack with BatchNorm + ReLU, ``tanh`` output ``[B, nc, S, S]`` in ``[-1, 1]``.
+- :class:`Discriminator`: strided ``Conv2d`` stack with LeakyReLU(0.2) and
+  BatchNorm on every layer but the first; returns one *logit* per image
+  ``[B]`` (the sigmoid lives inside ``BCEWithLogits`` for numerical stability).
+- Image side ``S`` in {32, 64, 128}: one up/down-sampling stage per factor of
+  2 over the 4 x 4 base, so ``S = 4 * 2**n_stages``.
+
+Layer widths for the default ``S = 64`` (the pytorch/examples layout; 32 drops
+the widest stage, 128 adds an ``ngf*16``/``ndf*16`` one)::
+
+    G: nz x 1 x 1 -> (ngf*8) x 4 x 4 -> (ngf*4) x 8 x 8 -> (ngf*2) x 16 x 16
+       -> ngf x 32 x 32 -> nc x 64 x 64
+    D: nc x 64 x 64 -> ndf x 32 x 32 -> (ndf*2) x 16 x 16 -> (ndf*4) x 8 x 8
+       -> (ndf*8) x 4 x 4 -> 1 x 1 x 1
+
+Single-device and Ray-free. The distributed layer may wrap ``netG``/``netD``
+(e.g. in DDP) through :meth:`Family.wrap`; ``train_step`` therefore always
+calls the attributes and runs every forward's backward before the next forward
+of the same network. ``sample``/``evaluate`` use the *unwrapped* modules so that
+they never trigger collectives (safe to call on one rank only).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any, Iterable, Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlib.models.base import Batch, Family, Metrics, unwrap
+
+__all__ = ["IMAGE_SIZES", "Z_DISTS", "DCGANConfig", "Generator", "Discriminator", "DCGAN",
+           "weights_init", "n_stages"]
+
+IMAGE_SIZES = (32, 64, 128)
+Z_DISTS = ("uniform", "normal")
+EVAL_SEED = 0  # evaluate() draws its z from this seed: repeated calls agree
+
+
+# --------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------
+def _check(ok: bool, name: str, value: Any, message: str) -> None:
+    """Raise a ValueError naming the offending config field and its value."""
+    if not ok:
+        raise ValueError(f"DCGANConfig.{name}: {message}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class DCGANConfig:
+    """Hyper-parameters of a DCGAN (defaults follow the paper)."""
+
+    image_size: int = 64
+    """Image side in pixels: 32, 64 or 128 (square images)."""
+    nc: int = 3
+    """Image channels (3 = RGB; the loaders deliver RGB)."""
+    nz: int = 100
+    """Latent dimension of z."""
+    ngf: int = 64
+    """Generator width: channels of the last hidden layer (doubling inwards)."""
+    ndf: int = 64
+    """Discriminator width: channels of the first layer (doubling inwards)."""
+    z_dist: Literal["uniform", "normal"] = "uniform"
+    """Prior of z: "uniform" on [-1, 1]^nz (the paper) or "normal" N(0, I)."""
+    lr: float = 2e-4
+    """Adam learning rate for both networks."""
+    beta1: float = 0.5
+    """Adam beta1 (0.5 stabilises GAN training, as in the paper)."""
+    beta2: float = 0.999
+    """Adam beta2."""
+
+    def __post_init__(self) -> None:
+        _check(self.image_size in IMAGE_SIZES and _is_int(self.image_size), "image_size",
+               self.image_size, f"must be one of {IMAGE_SIZES}")
+        for name in ("nc", "nz", "ngf", "ndf"):
+            value = getattr(self, name)
+            _check(_is_int(value) and value > 0, name, value, "must be a positive integer")
+        _check(self.z_dist in Z_DISTS, "z_dist", self.z_dist, f"must be one of {Z_DISTS}")
+        _check(_is_real(self.lr) and self.lr > 0, "lr", self.lr, "must be a finite number > 0")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            _check(_is_real(value) and 0 <= value < 1, name, value, "must lie in [0, 1)")
+
+
+# --------------------------------------------------------------------------
+# Networks
+# --------------------------------------------------------------------------
+def n_stages(image_size: int) -> int:
+    """Number of x2 resampling stages between 4 x 4 and ``image_size``
+    (32 -> 3, 64 -> 4, 128 -> 5)."""
+    return int(math.log2(image_size)) - 2
+
+
+def weights_init(module: nn.Module) -> None:
+    """DCGAN init: conv weights ~ N(0, 0.02); BatchNorm weight ~ N(1, 0.02),
+    bias 0. Use with ``net.apply(weights_init)``."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    """``z [B, nz] or [B, nz, 1, 1]`` -> images ``[B, nc, S, S]`` in ``[-1, 1]``."""
+
+    def __init__(self, config: DCGANConfig) -> None:
+        super().__init__()
+        self.nz = config.nz
+        n = n_stages(config.image_size)
+        width = config.ngf * 2 ** (n - 1)  # 64 px: ngf*8
+        layers: list[nn.Module] = [
+            # input: nz x 1 x 1 -> state: width x 4 x 4
+            nn.ConvTranspose2d(config.nz, width, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(width), nn.ReLU(True)]
+        for _ in range(n - 1):
+            # state: width x s x s -> (width/2) x 2s x 2s
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width //= 2
+        # state: ngf x S/2 x S/2 -> output: nc x S x S; no BN on the output layer
+        layers += [nn.ConvTranspose2d(width, config.nc, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        self.apply(weights_init)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z.reshape(z.size(0), self.nz, 1, 1))
+
+
+class Discriminator(nn.Module):
+    """Images ``[B, nc, S, S]`` -> real/fake logits ``[B]``."""
+
+    def __init__(self, config: DCGANConfig) -> None:
+        super().__init__()
+        n = n_stages(config.image_size)
+        width = config.ndf
+        layers: list[nn.Module] = [
+            # input: nc x S x S -> state: ndf x S/2 x S/2; no BN on the input layer
+            nn.Conv2d(config.nc, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        for _ in range(n - 1):
+            # state: width x s x s -> (width*2) x s/2 x s/2
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, inplace=True)]
+            width *= 2
+        # state: (ndf*2^(n-1)) x 4 x 4 -> 1 x 1 x 1 logit (sigmoid is in the loss)
+        layers.append(nn.Conv2d(width, 1, 4, 1, 0, bias=False))
+        self.main = nn.Sequential(*layers)
+        self.apply(weights_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).flatten()  # [B, 1, 1, 1] -> [B]
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+def _bce(logits: torch.Tensor, target: float, reduction: str = "mean") -> torch.Tensor:
+    """BCE-with-logits against a constant label (1 = real, 0 = fake)."""
+    return F.binary_cross_entropy_with_logits(
+        logits, torch.full_like(logits, target), reduction=reduction)
+
+
+def _grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
+    """Global L2 norm of the gradients (an infinite max_norm never clips)."""
+    return torch.nn.utils.clip_grad_norm_(list(params), max_norm=float("inf"))
+
+
+@contextmanager
+def _mode(module: nn.Module, training: bool, keep_buffers: bool = False) -> Iterator[nn.Module]:
+    """Temporarily set train/eval mode; with ``keep_buffers`` also restore the
+    BatchNorm running statistics, so a train-mode forward has no side effect."""
+    was_training = module.training
+    saved = [b.clone() for b in module.buffers()] if keep_buffers else []
+    module.train(training)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+        with torch.no_grad():
+            for buf, old in zip(module.buffers(), saved):
+                buf.copy_(old)
+
+
+# --------------------------------------------------------------------------
+# Family
+# --------------------------------------------------------------------------
+class DCGAN(Family):
+    """DCGAN: networks ``netG``/``netD``, Adam optimisers under the same keys.
+
+    ``train_step`` metrics: ``loss`` (= loss_d + loss_g), ``loss_d``,
+    ``loss_g``, ``d_real``/``d_fake`` (mean D probabilities before the D
+    update), ``grad_norm_d``, ``grad_norm_g``.
+    """
+
+    def __init__(self, config: DCGANConfig, device: torch.device | str = "cpu") -> None:
+        super().__init__(device)
+        self.config = config
+        self.netG: nn.Module = Generator(config).to(self.device)
+        self.netD: nn.Module = Discriminator(config).to(self.device)
+        self.networks = {"netG": self.netG, "netD": self.netD}
+        betas = (config.beta1, config.beta2)
+        self.optimizers = {
+            "netG": torch.optim.Adam(self.netG.parameters(), lr=config.lr, betas=betas),
+            "netD": torch.optim.Adam(self.netD.parameters(), lr=config.lr, betas=betas),
+        }
+
+    def sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latent codes ``[n, nz, 1, 1]`` on ``self.device`` from the configured
+        prior; drawn on the generator's device so seeded draws are reproducible."""
+        device = generator.device if generator is not None else self.device
+        shape = (n, self.config.nz, 1, 1)
+        if self.config.z_dist == "uniform":
+            z = torch.rand(shape, generator=generator, device=device) * 2 - 1
+        else:
+            z = torch.randn(shape, generator=generator, device=device)
+        return z.to(self.device)
+
+    # -- training ---------------------------------------------------------
+    def train_step(self, batch: Batch) -> Metrics:
+        """One D update on real + fake, then one non-saturating G update."""
+        real = batch["image"].to(self.device, non_blocking=True)  # [B, nc, S, S]
+        fake = self.netG(self.sample_z(real.size(0)))  # [B, nc, S, S], graph kept for G
+        loss_d, d_real, d_fake, gn_d = self._update_d(real, fake.detach())
+        loss_g, gn_g = self._update_g(fake)
+        # one host sync for all scalars
+        vals = torch.stack([loss_d, loss_g, d_real, d_fake, gn_d, gn_g]).tolist()
+        metrics = dict(zip(("loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d",
+                            "grad_norm_g"), vals))
+        metrics["loss"] = metrics["loss_d"] + metrics["loss_g"]
+        return metrics
+
+    def _update_d(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Minimise BCE(D(x), 1) + BCE(D(fake), 0). ``fake`` must be detached.
+        Returns detached (loss_d, mean D(x), mean D(fake), grad norm)."""
+        opt = self.optimizers["netD"]
+        opt.zero_grad(set_to_none=True)
+        logits_real = self.netD(real)  # [B]
+        err_real = _bce(logits_real, 1.0)
+        err_real.backward()  # backward before the next netD forward (DDP rule)
+        logits_fake = self.netD(fake)  # [B]
+        err_fake = _bce(logits_fake, 0.0)
+        err_fake.backward()  # gradients accumulate: d(err_real + err_fake)
+        grad_norm = _grad_norm(self.netD.parameters())
+        opt.step()
+        return ((err_real + err_fake).detach(), torch.sigmoid(logits_real).mean().detach(),
+                torch.sigmoid(logits_fake).mean().detach(), grad_norm)
+
+    def _update_g(self, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Non-saturating G loss BCE(D(G(z)), 1) against the freshly updated D.
+        ``fake`` carries G's graph. Returns detached (loss_g, grad norm)."""
+        opt = self.optimizers["netG"]
+        opt.zero_grad(set_to_none=True)
+        # This backward also fills netD's grads; they are discarded by the
+        # zero_grad of the next D update (as in pytorch/examples).
+        err_g = _bce(self.netD(fake), 1.0)
+        err_g.backward()
+        grad_norm = _grad_norm(self.netG.parameters())
+        opt.step()
+        return err_g.detach(), grad_norm
+
+    # -- inference ----------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` images ``[n, nc, S, S]`` in ``[-1, 1]`` from G in eval mode
+        (BatchNorm running statistics); G's previous mode is restored."""
+        with _mode(unwrap(self.netG), training=False) as netG:
+            return netG(self.sample_z(n, generator))
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[Batch]) -> Metrics:
+        """Cheap GAN monitoring on validation images (a GAN has no likelihood).
+
+        Per-image means of: ``loss_d_real`` = BCE(D(x), 1), ``loss_d_fake`` =
+        BCE(D(G(z)), 0), ``loss_d`` (their sum; also returned as ``loss``),
+        ``d_real``/``d_fake`` (mean probabilities); plus ``n_images``. G runs in
+        eval mode (as in :meth:`sample`), z from a fixed seed. D runs with batch
+        statistics, as in training, and its running stats are restored after.
+        """
+        gen = torch.Generator().manual_seed(EVAL_SEED)
+        sums = torch.zeros(4, dtype=torch.float64)
+        count = 0
+        with _mode(unwrap(self.netG), False) as netG, \
+                _mode(unwrap(self.netD), True, keep_buffers=True) as netD:
+            for batch in batches:
+                real = batch["image"].to(self.device)
+                fake = netG(self.sample_z(real.size(0), gen))
+                sums += self._eval_sums(netD(real), netD(fake))
+                count += real.size(0)
+        if count == 0:
+            raise ValueError("DCGAN.evaluate: no validation images")
+        loss_d_real, loss_d_fake, d_real, d_fake = (sums / count).tolist()
+        return {"loss": loss_d_real + loss_d_fake, "loss_d": loss_d_real + loss_d_fake,
+                "loss_d_real": loss_d_real, "loss_d_fake": loss_d_fake,
+                "d_real": d_real, "d_fake": d_fake, "n_images": float(count)}
+
+    @staticmethod
+    def _eval_sums(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+        """Batch sums [bce_real, bce_fake, p_real, p_fake] as float64 on CPU."""
+        return torch.stack([
+            _bce(logits_real, 1.0, "sum"), _bce(logits_fake, 0.0, "sum"),
+            torch.sigmoid(logits_real).sum(), torch.sigmoid(logits_fake).sum(),
+        ]).double().cpu()

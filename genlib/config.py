@@ -98,7 +98,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Recursively build dataclass ``cls`` from ``data``, checking keys and types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a table/mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))

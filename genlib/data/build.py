@@ -240,6 +240,8 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
 
 def _write_corpus(tmp: Path, input_path: Path, recipe: CorpusRecipe, results: list[Processed],
                   fingerprint: dict) -> dict:
+    if not results:
+        raise EmptyCorpusError(f"input {input_path} contains no files")
     accepted, rejects = _dedupe(results)
     if not accepted:
         reasons = Counter(r.reason for r in rejects)

@@ -18,6 +18,7 @@ world size (Ray Train's ``get_context()`` gives them).
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -25,10 +26,11 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.io import ImageReadMode, decode_png
+from PIL import Image
 
 from genlib.data import schema
 from genlib.data.corpus import Corpus, open_corpus
@@ -146,11 +148,12 @@ def _decoder(target: Target):
         if ext not in sample:
             raise KeyError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no '{ext}' "
                            f"(target={target!r}; was the corpus built with a palette?)")
-        raw = torch.frombuffer(bytearray(sample[ext]), dtype=torch.uint8)
+        with Image.open(io.BytesIO(sample[ext])) as im:
+            array = np.array(im)  # writable copy; [H, W] uint8 indices ("L") or [H, W, 3] RGB
         if target == "index":
-            value = decode_png(raw, ImageReadMode.GRAY)[0].long()          # [H, W] palette indices
+            value = torch.from_numpy(array.astype(np.int64))                       # [H, W]
         else:
-            value = decode_png(raw, ImageReadMode.RGB).float() / 127.5 - 1.0  # [3, H, W] in [-1, 1]
+            value = torch.from_numpy(array).permute(2, 0, 1).float() / 127.5 - 1.0  # [3, H, W] in [-1, 1]
         return {target: value, "key": sample["__key__"]}
 
     return decode
@@ -159,7 +162,7 @@ def _decoder(target: Target):
 def collate(samples: list[dict]) -> dict[str, Any]:
     out: dict[str, Any] = {"key": [s["key"] for s in samples]}
     for name in samples[0]:
-        if name != "key":
+        if name != "key" and not name.startswith("__"):  # webdataset re-adds __key__ after map
             out[name] = torch.stack([s[name] for s in samples])
     return out
 

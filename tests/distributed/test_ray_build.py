@@ -1,0 +1,31 @@
+"""A corpus built with Ray tasks is byte-identical to a local build."""
+
+from __future__ import annotations
+
+import pytest
+
+from genlib.data.build import build_corpus
+from tests.conftest import faces_recipe
+from tests.data.test_build import all_files
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_build_matches_local_build(raw_faces, faces_corpus, tmp_path, local_ray):
+    from genlib.distributed.build import RayMapper
+
+    out = tmp_path / "ray"
+    result = build_corpus(raw_faces, out, faces_recipe(), mapper=RayMapper(num_cpus=0.5, max_in_flight=2),
+                          progress=False)
+    assert result.manifest["accepted"] == 40
+    assert all_files(out) == all_files(faces_corpus)
+    for name in all_files(out):
+        assert (out / name).read_bytes() == (faces_corpus / name).read_bytes(), name

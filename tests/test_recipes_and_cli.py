@@ -1,0 +1,69 @@
+"""Shipped recipes load; the CLI's demo and info commands work end to end."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from genlib.cli import DEMO_RECIPE, main
+from genlib.config import from_dict, load_config
+from genlib.data.recipe import CorpusRecipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "datasets").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(path):
+    recipe = load_config(CorpusRecipe, path)
+    assert recipe.name and recipe.size in (20, 32, 40, 64)
+
+
+def test_demo_recipe_file_matches_the_code():
+    assert load_config(CorpusRecipe, ROOT / "datasets/demo-faces.toml") == from_dict(CorpusRecipe, DEMO_RECIPE)
+
+
+def test_demo_command_builds_a_corpus(tmp_path, capsys):
+    assert main(["demo", "--workdir", str(tmp_path), "--count", "24"]) == 0
+    out = capsys.readouterr().out
+    corpus = tmp_path / "corpus"
+    assert f"corpus ready: {corpus.resolve()}" in out
+    manifest = json.loads((corpus / "corpus.json").read_text())
+    assert manifest["accepted"] == 24 and manifest["name"] == "demo-faces"
+    assert (corpus / "preview.png").is_file()
+    assert main(["data", "info", str(corpus)]) == 0
+    assert "accepted 24" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_config_key(tmp_path, capsys):
+    bad = tmp_path / "r.toml"
+    bad.write_text('name = "x"\nsise = 32\n')
+    code = main(["data", "build", str(tmp_path), "--recipe", str(bad), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "unknown config key 'sise'" in capsys.readouterr().err
+
+
+SINGLE_DEVICE = ["genlib/data", "genlib/models", "genlib/config.py"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_models_and_data_are_ray_and_distributed_free():
+    """Only genlib.distributed may import ray or torch.distributed."""
+    files = [p for d in SINGLE_DEVICE for p in ((ROOT / d).rglob("*.py") if (ROOT / d).is_dir() else [ROOT / d])]
+    assert len(files) > 5
+    for path in files:
+        bad = {m for m in imported_modules(path)
+               if m == "ray" or m.startswith("ray.") or m.startswith("torch.distributed")
+               or m.startswith("torch.nn.parallel") or m.startswith("genlib.distributed")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

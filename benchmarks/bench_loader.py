@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--count", type=int, default=2000, help="demo faces to draw (128 px raw -> 64 px corpus)")
     p.add_argument("--batch-size", type=int, default=64, help="B, the same for both loaders")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="W values, the same for both")
+    p.add_argument("--shuffle-buffer", type=int, default=None,
+                   help="make_loader's shuffle_buffer (default: genlib's own default)")
     p.add_argument("--epochs", type=int, default=2, help="full epochs per timed repeat")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per loader and W")
     p.add_argument("--json", metavar="PATH", help="also write all results and samples here")
@@ -91,30 +93,8 @@ def reference_loader(folder: Path, batch_size: int, workers: int) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=True, drop_last=True)
 
 
-def shim_collate_if_broken(corpus: Corpus) -> bool:
-    """Work around a genlib bug seen on 2026-11-23 (webdataset 1.0.2): ``wds.map``
-    re-adds ``__key__`` to each decoded sample and ``loader.collate`` then tries to
-    ``torch.stack`` strings. If the unmodified loader fails that way, wrap
-    ``collate`` to drop ``__``-prefixed fields (the obvious fix; ~1 us per batch)
-    and return True so results say so. Forked DataLoader workers inherit the patch."""
-    import genlib.data.loader as gl
-
-    try:
-        next(iter(make_loader(corpus, SPLIT, batch_size=2, num_workers=0, train=False)))
-        return False
-    except TypeError as exc:
-        if "expected Tensor" not in str(exc):
-            raise
-    original = gl.collate
-    gl.collate = lambda samples: original([{k: v for k, v in s.items() if not k.startswith("__")}
-                                           for s in samples])
-    print("WARNING: genlib.data.loader.collate fails on the '__key__' field; benchmarking with "
-          "a shim that drops it (see benchmarks/README.md)", file=sys.stderr)
-    return True
-
-
 def check_same_tensors(corpus: Corpus, folder: Path) -> float:
-    """Max |genlib - reference| over one batch of images matched by key (should be ~1e-7)."""
+    """Max |genlib - reference| over one batch of images matched by key (0 today)."""
     batch = next(iter(make_loader(corpus, SPLIT, batch_size=16, num_workers=0, train=False)))
     ref = reference_loader(folder, 1, 0).dataset
     index = {Path(path).stem: i for i, (path, _) in enumerate(ref.samples)}
@@ -136,8 +116,9 @@ def time_epochs(loader: DataLoader, epochs: int, images_of) -> tuple[float, int,
 
 def bench_workers(corpus: Corpus, folder: Path, workers: int, args: argparse.Namespace) -> dict:
     """Warm up, then alternate the two loaders ``args.repeats`` times."""
+    extra = {} if args.shuffle_buffer is None else {"shuffle_buffer": args.shuffle_buffer}
     loaders = {
-        "genlib": (make_loader(corpus, SPLIT, batch_size=args.batch_size, num_workers=workers),
+        "genlib": (make_loader(corpus, SPLIT, batch_size=args.batch_size, num_workers=workers, **extra),
                    lambda b: b["image"].shape[0]),
         "reference": (reference_loader(folder, args.batch_size, workers), lambda b: b[0].shape[0]),
     }
@@ -156,23 +137,28 @@ def bench_workers(corpus: Corpus, folder: Path, workers: int, args: argparse.Nam
             "images_per_epoch": {k: v[0] for k, v in per_epoch.items()},
             "batches_per_epoch": {k: v[1] for k, v in per_epoch.items()},
             "genlib_images_per_s": med["genlib"], "reference_images_per_s": med["reference"],
-            "ratio": med["genlib"] / med["reference"], "runs": runs}
+            "ratio": med["genlib"] / med["reference"],
+            "paired_ratios": [g / r for g, r in zip(runs["genlib"], runs["reference"])], "runs": runs}
 
 
 def print_table(rows: list[dict]) -> None:
-    """One line per W: median (min-max) images/s of each loader and the ratio."""
+    """One line per W: median (min-max) images/s of each loader, the ratio of the
+    medians, and the range of the per-repeat (back-to-back) ratios."""
     def cell(v: list[float], m: float) -> str:
-        return f"{m:8.0f} ({min(v):.0f}-{max(v):.0f})"
+        return f"{m:6.0f} ({min(v):.0f}-{max(v):.0f})"
 
-    print(f"{'W':>2} {'B':>4} {'imgs/epoch':>10}  {'genlib img/s (min-max)':<24}"
-          f"{'reference img/s (min-max)':<27}{'genlib/ref':>10}")
+    print(f"{'W':>2} {'B':>4} {'imgs/epoch':>10}  {'genlib img/s':<20}{'reference img/s':<20}"
+          f"{'genlib/ref':>10}  paired range")
     for r in rows:
+        p = r["paired_ratios"]
         print(f"{r['workers']:>2} {r['batch_size']:>4} {r['images_per_epoch']['genlib']:>10}  "
-              f"{cell(r['runs']['genlib'], r['genlib_images_per_s']):<24}"
-              f"{cell(r['runs']['reference'], r['reference_images_per_s']):<27}{r['ratio']:>9.2f}x")
+              f"{cell(r['runs']['genlib'], r['genlib_images_per_s']):<20}"
+              f"{cell(r['runs']['reference'], r['reference_images_per_s']):<20}"
+              f"{r['ratio']:>9.2f}x  {min(p):.2f}-{max(p):.2f}")
 
 
 def machine() -> dict:
+    """What the figures depend on; load average shows how busy the shared machine was."""
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
             "loadavg_start": os.getloadavg()}
@@ -188,20 +174,18 @@ def main(argv: list[str] | None = None) -> int:
         n = export_pngs(corpus, work / "png")
         print(f"corpus {corpus.root} ({corpus.image_size} px): {n} {SPLIT} images in "
               f"{len(corpus.shards(SPLIT))} shards; prepared in {time.perf_counter() - t:.0f}s", file=sys.stderr)
-        shim = shim_collate_if_broken(corpus)
         diff = check_same_tensors(corpus, work / "png")
         print(f"same tensors check: max |genlib - reference| = {diff:.2e}", file=sys.stderr)
+        if diff > 1e-5:
+            sys.exit("the two loaders do not produce the same tensors; the comparison would be meaningless")
         rows = [bench_workers(corpus, work / "png", w, args) for w in args.workers]
     info["loadavg_end"] = os.getloadavg()
     print_table(rows)
-    print(f"(median of {args.repeats} repeats x {args.epochs} epochs; {info['cpus']} CPUs, load average "
-          f"{info['loadavg_start'][0]:.1f} -> {info['loadavg_end'][0]:.1f})")
-    if shim:
-        print("NOTE: genlib ran with the collate shim (genlib's own collate fails on '__key__')")
+    print(f"(img/s: median (min-max) of {args.repeats} repeats x {args.epochs} epochs; {info['cpus']} CPUs, "
+          f"load average {info['loadavg_start'][0]:.1f} -> {info['loadavg_end'][0]:.1f})")
     if args.json:
         Path(args.json).write_text(json.dumps({"benchmark": "loader", "args": vars(args), "machine": info,
-                                               "collate_shim": shim, "max_abs_diff": diff,
-                                               "results": rows}, indent=2))
+                                               "max_abs_diff": diff, "results": rows}, indent=2))
     return 0
 
 

@@ -3,6 +3,8 @@
     genlib data build INPUT --recipe datasets/pokemon.toml --out corpora/pokemon [--set size=32] [--ray]
     genlib data info CORPUS
     genlib data demo-raw OUT [--count N]
+    genlib train --config run.toml [--corpus DIR] [--set steps=500] [--resume RUN_DIR]
+    genlib report RUN_DIR
     genlib demo [--workdir runs/demo]
 
 Errors the user can fix (missing input, bad config, existing output) print one
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genlib", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(title="commands")
     _add_data(sub)
+    _add_train(sub)
     demo = sub.add_parser("demo", help="build the embedded demo corpus (later: train and render on it)")
     demo.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
     demo.add_argument("--count", type=int, default=512, help="number of demo faces to draw")
@@ -79,6 +82,56 @@ def _add_data(sub) -> None:
     raw.add_argument("--count", type=int, default=512)
     raw.add_argument("--seed", type=int, default=0)
     raw.set_defaults(func=cmd_data_demo_raw)
+
+
+def _add_train(sub) -> None:
+    train = sub.add_parser("train", help="train DCGAN / VAE / PixelRNN with Ray Train (DDP)")
+    train.add_argument("--config", help="run config (TOML/YAML): a TrainConfig, see genlib/train/config.py")
+    train.add_argument("--corpus", help="corpus folder (overrides the config's corpus)")
+    train.add_argument("--model", help="model family: dcgan, vae or pixelrnn (overrides model.family)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field, e.g. --set steps=500 --set model.ngf=32")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its latest checkpoint")
+    train.add_argument("--ray-address", default=None, help="Ray address (default: RAY_ADDRESS or embedded)")
+    train.set_defaults(func=cmd_train)
+    report = sub.add_parser("report", help="(re)write a run's report.html")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
+
+
+def load_train_config(args: argparse.Namespace):
+    from genlib.train.config import TrainConfig
+
+    overrides = list(args.overrides)
+    if args.corpus:
+        overrides.append(f"corpus={_toml_str(args.corpus)}")
+    if args.model:
+        overrides.append(f"model.family={_toml_str(args.model)}")
+    return load_config(TrainConfig, args.config, overrides)
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from genlib.distributed.train import run_training
+
+    cfg = load_train_config(args)
+    outcome = run_training(cfg, resume=args.resume, address=args.ray_address)
+    print(f"trained to step {outcome.step}: {outcome.run_dir}")
+    print(f"checkpoint: {outcome.checkpoint}")
+    print(f"report:     {outcome.report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from genlib.train.report import write_report
+
+    if not Path(args.run_dir).is_dir():
+        raise UserError(f"run folder not found: {args.run_dir}")
+    print(write_report(args.run_dir))
+    return 0
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ world size (Ray Train's ``get_context()`` gives them).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 from dataclasses import dataclass
@@ -93,43 +94,42 @@ class CorpusStream(IterableDataset):
         stream = spec.rank * spec.workers + worker
         repeat = spec.batches_per_worker is not None
         pipeline = wds.DataPipeline(
-            _shard_urls(spec, stream, self.epoch, repeat),
-            wds.tarfile_to_samples(),
-            *([_every_nth(stream, spec.streams)] if len(spec.shards) < spec.streams else []),
-            *([wds.shuffle(spec.shuffle_buffer, min(100, spec.shuffle_buffer),
-                           seed=_seed(spec.seed, self.epoch, stream, 1))] if spec.shuffle else []),
-            wds.map(_decoder(spec.target)),
+            lambda: self._samples(stream, repeat),
             wds.batched(spec.batch_size, collation_fn=collate, partial=not repeat),
         )
         batches = iter(pipeline)
         return islice(batches, spec.batches_per_worker) if repeat else batches
 
-
-def _seed(*parts: int) -> int:
-    return hash(tuple(parts)) & 0x7FFFFFFF  # ints hash deterministically (no PYTHONHASHSEED salt)
-
-
-def _shard_urls(spec: StreamSpec, stream: int, epoch: int, repeat: bool):
-    """Yield ``{"url": ...}`` for this stream's shards; forever (reshuffled each
-    cycle) when ``repeat``, else once."""
-
-    def gen():
+    def _samples(self, stream: int, repeat: bool) -> Iterator[dict[str, Any]]:
+        """Decoded samples of this stream: one shuffled pass over its data per
+        cycle, forever when ``repeat``. Shuffling within a pass (the buffer is
+        flushed at the end of each) makes every cycle a permutation of the
+        stream's samples: no sample repeats before all others were seen."""
+        spec = self.spec
         shards = list(spec.shards)
         if spec.shuffle:  # same permutation on every rank and worker: streams stay disjoint
-            random.Random(_seed(spec.seed, epoch, 0)).shuffle(shards)
+            random.Random(_seed(spec.seed, self.epoch, 0)).shuffle(shards)
         mine = shards[stream::spec.streams] if len(shards) >= spec.streams else shards
-        cycle = 0
-        while True:
+        sample_split = len(shards) < spec.streams
+        for cycle in itertools.count():
             order = list(mine)
             if spec.shuffle and cycle:
-                random.Random(_seed(spec.seed, epoch, stream, 2, cycle)).shuffle(order)
-            for url in order:
-                yield {"url": url}
-            cycle += 1
+                random.Random(_seed(spec.seed, self.epoch, stream, 2, cycle)).shuffle(order)
+            urls = [{"url": url} for url in order]
+            stages = [lambda urls=urls: iter(urls), wds.tarfile_to_samples()]
+            if sample_split:
+                stages.append(_every_nth(stream, spec.streams))
+            if spec.shuffle:
+                stages.append(wds.shuffle(spec.shuffle_buffer, spec.shuffle_buffer,
+                                          seed=_seed(spec.seed, self.epoch, stream, 1, cycle)))
+            stages.append(wds.map(_decoder(spec.target)))
+            yield from wds.DataPipeline(*stages)
             if not repeat:
                 return
 
-    return gen
+
+def _seed(*parts: int) -> int:
+    return hash(tuple(parts)) & 0x7FFFFFFF  # ints hash deterministically (no PYTHONHASHSEED salt)
 
 
 def _every_nth(stream: int, streams: int):

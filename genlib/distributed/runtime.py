@@ -5,16 +5,18 @@ from __future__ import annotations
 import os
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """``address=None``: join the cluster named by ``RAY_ADDRESS`` (set by
-    ``ray job submit``) if any, else start an embedded local Ray."""
+    ``ray job submit``) if any, else start an embedded local Ray. Returns True
+    when this call started Ray (so the caller may shut it down)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"ignore_reinit_error": True, "log_to_driver": True, "include_dashboard": False}
+    kwargs = {"ignore_reinit_error": True, "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
+    return True

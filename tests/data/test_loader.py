@@ -124,3 +124,14 @@ def test_sprites_corpus_streams_rgb(tmp_path):
                                                      val_fraction=0.0)).out_dir
     batch = next(iter(make_loader(corpus, batch_size=5, num_workers=0)))
     assert torch.allclose(batch["image"][:, :, 0, 0], torch.ones(5, 3))  # white corners
+
+
+def test_each_cycle_is_a_permutation_of_the_stream(faces_corpus):
+    """A batch as large as the split holds every sample exactly once: the shuffle
+    buffer never mixes one pass over the shards with the next."""
+    train = {r["key"] for r in pq.read_table(faces_corpus / schema.INDEX).to_pylist() if r["split"] == "train"}
+    loader = make_loader(faces_corpus, batch_size=36, num_workers=0, shuffle_buffer=1000)
+    for epoch in range(2):
+        loader.dataset.set_epoch(epoch)
+        (batch,) = list(loader)
+        assert sorted(batch["key"]) == sorted(train)

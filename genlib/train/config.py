@@ -1,0 +1,74 @@
+"""The typed configuration of a training run (``genlib train --config run.toml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``[model]`` holds ``family`` plus that family's config fields
+    (``DCGANConfig``, ``VAEConfig``, ``PixelRNNConfig``); fields the corpus determines
+    (image size, palette) are filled in from it."""
+
+    corpus: str = ""
+    """Corpus folder built by ``genlib data build``."""
+    model: dict[str, Any] = field(default_factory=lambda: {"family": "dcgan"})
+    steps: int = 1000
+    """Total optimiser steps (a resumed run continues to this count)."""
+    batch_size: int = 64
+    """Global batch: split evenly over ``num_workers`` ranks."""
+    num_workers: int = 1
+    """DDP ranks (Ray Train workers)."""
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    """CPUs each Ray Train worker reserves (fractional is fine on small machines)."""
+    loader_workers: int = 1
+    """DataLoader processes per rank."""
+    log_every: int = 10
+    """Average metrics across ranks and log them every N steps."""
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    sample_every: int = 200
+    """Write a sample grid every N steps (and at the end)."""
+    sample_count: int = 64
+    eval_batches: int = 4
+    """Validation batches per evaluation (at each checkpoint); 0 disables evaluation."""
+    seed: int = 0
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    """Mixed precision autocast on GPU (ignored on CPU)."""
+    compile: bool = False
+    """``torch.compile`` the networks."""
+    max_failures: int = 2
+    """Worker-group restarts from the latest checkpoint before the run fails."""
+    storage_path: str = "runs"
+    """Folder or URI (s3://, gs://, ...) holding run folders."""
+    name: str = ""
+    """Run folder name; empty: ``{family}-{timestamp}``."""
+    fail_at_step: int = 0
+    """Testing aid: the first attempt of rank 0 dies at this step (0 = never)."""
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "num_workers", "log_every", "checkpoint_every", "keep_checkpoints",
+                    "sample_every", "sample_count")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by num_workers {self.num_workers}")
+        for name in ("loader_workers", "eval_batches", "max_failures", "fail_at_step"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if not isinstance(self.model, dict) or "family" not in self.model:
+            raise ValueError("model must be a table with a 'family' key (dcgan, vae or pixelrnn)")
+
+    @property
+    def family(self) -> str:
+        return str(self.model["family"])
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.batch_size // self.num_workers

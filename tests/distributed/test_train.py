@@ -1,0 +1,159 @@
+"""Ray Train runs: failure + resume exactness, 1-vs-2 worker parity, run folder.
+
+These start real Ray Train worker groups on an embedded local Ray (CPU, gloo);
+each fit costs ~30 s of Ray start-up on a 2-core machine, so runs are tiny.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from genlib.config import ConfigError, from_dict
+from genlib.data.recipe import PaletteConfig, ShardConfig
+from genlib.distributed.train import FAIL_MARKER, load_state, prepare_run, run_training
+from genlib.train.config import TrainConfig
+from tests.conftest import build, faces_recipe
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def dcgan_cfg(corpus: Path, storage: Path, **kw) -> TrainConfig:
+    base = dict(corpus=str(corpus), storage_path=str(storage), steps=12, batch_size=8, num_workers=1,
+                cpus_per_worker=1.0, loader_workers=0, log_every=2, checkpoint_every=4, sample_every=6,
+                sample_count=4, eval_batches=1, keep_checkpoints=2,
+                model={"family": "dcgan", "ngf": 8, "ndf": 8, "nz": 16})
+    base.update(kw)
+    return from_dict(TrainConfig, base)
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def final_state(outcome) -> dict:
+    return load_state(outcome.checkpoint)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    for family_part in ("networks", "optimizers"):
+        flat_a = _flatten(a["family"][family_part])
+        flat_b = _flatten(b["family"][family_part])
+        assert flat_a.keys() == flat_b.keys()
+        for key in flat_a:
+            assert torch.equal(flat_a[key], flat_b[key]), key
+
+
+def _flatten(tree, prefix="") -> dict[str, torch.Tensor]:
+    out = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            out.update(_flatten(v, f"{prefix}{i}."))
+    elif isinstance(tree, torch.Tensor):
+        out[prefix] = tree
+    return out
+
+
+def test_worker_failure_and_explicit_resume_match_an_uninterrupted_run(faces_corpus, tmp_path, local_ray):
+    straight = run_training(dcgan_cfg(faces_corpus, tmp_path, name="straight"))
+    assert straight.step == 12
+
+    # Rank 0 dies hard at step 6; Ray Train restarts the group from the step-4 checkpoint.
+    crashed = run_training(dcgan_cfg(faces_corpus, tmp_path, name="crashed", fail_at_step=6, max_failures=1))
+    assert (crashed.run_dir / FAIL_MARKER).read_text() == "6"
+    assert crashed.step == 12
+    steps = [int(r["step"]) for r in metric_rows(crashed.run_dir)]
+    assert steps == [2, 4, 6, 8, 10, 12]          # no repeated, no skipped steps in the log
+    assert_same_weights(final_state(crashed), final_state(straight))
+
+    # A run stopped at step 8, continued with --resume to step 12.
+    run_training(dcgan_cfg(faces_corpus, tmp_path, name="stopped", steps=8))
+    resumed = run_training(dcgan_cfg(faces_corpus, tmp_path, steps=12), resume=str(tmp_path / "stopped"))
+    assert resumed.step == 12 and resumed.run_dir == tmp_path / "stopped"
+    assert_same_weights(final_state(resumed), final_state(straight))
+
+    # Run folder contents: log, sample grids, kept checkpoints, report.
+    run = straight.run_dir
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_000006.png", "step_000012.png"]
+    assert len([p for p in run.glob("checkpoint_*") if p.is_dir()]) == 2  # keep_checkpoints
+    page = (run / "report.html").read_text()
+    assert "plots/losses.png" in page and "samples/step_000012.png" in page
+    for src in ("plots/losses.png", "samples/step_000012.png"):
+        assert (run / src).is_file()
+    row = metric_rows(run)[-1]
+    assert float(row["images_per_s"]) > 0 and "val_loss_d" in row and "grad_norm_g" in row
+
+
+@pytest.fixture(scope="module")
+def palette_corpus(raw_faces, tmp_path_factory) -> Path:
+    """16 train samples of 8x8 palette indices (8 colours) in 8 shards."""
+    out = tmp_path_factory.mktemp("pal") / "c"
+    recipe = faces_recipe(size=8, val_fraction=0.0, palette=PaletteConfig(colors=8, sample_pixels=2000),
+                          shards=ShardConfig(min_shards=8))
+    src = tmp_path_factory.mktemp("raw16")
+    for p in sorted(raw_faces.rglob("*.png"))[:16]:
+        (src / p.name).write_bytes(p.read_bytes())
+    build(src, out, recipe)
+    return out
+
+
+def test_one_and_two_workers_give_matching_losses(palette_corpus, tmp_path, local_ray):
+    """Global batch = the whole 16-sample split, so both runs see identical data;
+    DDP's gradient averaging must then reproduce the single-worker update."""
+    model = {"family": "pixelrnn", "variant": "pixelcnn", "hidden": 8, "layers": 1, "embed": 4, "first_kernel": 3}
+    losses = {}
+    for workers in (1, 2):
+        cfg = from_dict(TrainConfig, dict(
+            corpus=str(palette_corpus), storage_path=str(tmp_path), name=f"w{workers}", steps=3, batch_size=16,
+            num_workers=workers, cpus_per_worker=0.5, loader_workers=0, log_every=1, checkpoint_every=3,
+            sample_every=3, sample_count=2, eval_batches=1, model=model))
+        outcome = run_training(cfg)
+        losses[workers] = [float(r["loss"]) for r in metric_rows(outcome.run_dir)]
+        assert "val_bits_per_dim" in metric_rows(outcome.run_dir)[-1]
+    assert losses[1][0] == pytest.approx(losses[2][0], rel=1e-5)   # same data, same init
+    assert losses[1][1] == pytest.approx(losses[2][1], rel=1e-4)   # after one DDP step
+    assert losses[1][2] == pytest.approx(losses[2][2], rel=1e-4)
+    assert losses[1][2] < losses[1][0]
+
+
+# ------------------------------------------------------------------ fail fast, no Ray needed
+
+
+def test_bad_runs_fail_before_any_worker_starts(faces_corpus, tmp_path):
+    ok = dict(corpus=str(faces_corpus), storage_path=str(tmp_path), batch_size=8)
+    with pytest.raises(ConfigError, match="unknown model 'gan' .known: dcgan, vae, pixelrnn"):
+        prepare_run(from_dict(TrainConfig, {**ok, "model": {"family": "gan"}}))
+    with pytest.raises(ConfigError, match="needs a palette corpus"):
+        prepare_run(from_dict(TrainConfig, {**ok, "model": {"family": "pixelrnn"}}))
+    with pytest.raises(ConfigError, match=r"model.image_size = 64 does not match corpus"):
+        prepare_run(from_dict(TrainConfig, {**ok, "model": {"family": "dcgan", "image_size": 64}}))
+    with pytest.raises(ConfigError, match="model: DCGANConfig.ngf: must be a positive integer, got -1"):
+        prepare_run(from_dict(TrainConfig, {**ok, "model": {"family": "dcgan", "ngf": -1}}))
+    with pytest.raises(FileNotFoundError, match="corpus not found"):
+        prepare_run(from_dict(TrainConfig, {**ok, "corpus": str(tmp_path / "missing")}))
+    with pytest.raises(ConfigError, match="no corpus given"):
+        prepare_run(from_dict(TrainConfig, {"storage_path": str(tmp_path)}))
+    with pytest.raises(ValueError, match="cannot fill one batch of 64"):
+        prepare_run(from_dict(TrainConfig, {**ok, "batch_size": 64}))
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ConfigError, match="already exists: pass --resume"):
+        prepare_run(from_dict(TrainConfig, {**ok, "name": "taken"}))
+    with pytest.raises(ConfigError, match="not a genlib run folder"):
+        prepare_run(from_dict(TrainConfig, ok), resume=str(tmp_path / "taken"))
+    with pytest.raises(ConfigError, match="batch_size 9 must be divisible by num_workers 2"):
+        from_dict(TrainConfig, {**ok, "batch_size": 9, "num_workers": 2})

@@ -67,3 +67,25 @@ def test_models_and_data_are_ray_and_distributed_free():
                if m == "ray" or m.startswith("ray.") or m.startswith("torch.distributed")
                or m.startswith("torch.nn.parallel") or m.startswith("genlib.distributed")}
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_train_config_loads(path):
+    from genlib.models.registry import FAMILIES
+    from genlib.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, path)
+    assert cfg.family in FAMILIES
+    spec = FAMILIES[cfg.family]
+    known = {f for f in spec.config.__dataclass_fields__}
+    assert set(cfg.model) - {"family"} <= known, f"{path.name}: unknown model keys"
+
+
+@pytest.mark.parametrize("job", ["build", "train"])
+def test_job_entrypoints_forward_to_the_cli(job):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "usage: genlib" in out and ("--recipe" in out if job == "build" else "--resume" in out)

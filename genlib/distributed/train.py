@@ -34,6 +34,7 @@ from genlib.data.corpus import open_corpus
 from genlib.data.loader import batches_per_worker, make_loader
 from genlib.models.base import Family
 from genlib.models.registry import build_family, resolve_model_config, spec
+from genlib.storage import Storage, absolute, join
 from genlib.train.config import TrainConfig
 from genlib.train.rundir import RunDir
 
@@ -43,26 +44,28 @@ FAIL_MARKER = ".fail_at_step.done"
 
 @dataclass
 class TrainOutcome:
-    run_dir: Path
+    run_dir: str                # local path or URI
     step: int
     metrics: dict[str, Any]
     checkpoint: str | None
-    report: Path | None
+    report: str | None
 
 
 # ============================================================================ driver
 
 
-def prepare_run(cfg: TrainConfig, resume: str | None = None) -> tuple[TrainConfig, Path, dict]:
-    """Validate config + corpus and pick the run folder, before any worker starts."""
+def prepare_run(cfg: TrainConfig, resume: str | None = None) -> tuple[TrainConfig, str, dict]:
+    """Validate config + corpus and pick the run folder, before any worker starts.
+
+    ``resume``: a run folder (path or URI); its stored config is used, except
+    ``steps`` when given (to extend a finished run)."""
     if resume:
-        run_dir = Path(resume).resolve()
-        if not (run_dir / "run.json").is_file():
+        stored = RunDir(absolute(resume)).info().get("train")
+        if stored is None:
             raise ConfigError(f"--resume {resume}: not a genlib run folder (run.json missing)")
-        stored = json.loads((run_dir / "run.json").read_text())["train"]
+        parent, name = absolute(resume).rstrip("/").rsplit("/", 1)
         stored.update(steps=cfg.steps if cfg.steps != TrainConfig.steps else stored["steps"])
-        cfg = from_dict(TrainConfig, {**stored, "name": run_dir.name, "storage_path": str(run_dir.parent),
-                                      "fail_at_step": 0})
+        cfg = from_dict(TrainConfig, {**stored, "name": name, "storage_path": parent, "fail_at_step": 0})
     if not cfg.corpus:
         raise ConfigError("corpus: no corpus given (set corpus = \"path\" or pass --corpus)")
     corpus = open_corpus(cfg.corpus)
@@ -71,12 +74,13 @@ def prepare_run(cfg: TrainConfig, resume: str | None = None) -> tuple[TrainConfi
         raise ConfigError("amp: 'fp16' needs per-family loss scaling, which is not implemented; use 'bf16'")
     batches_per_worker(corpus.count("train"), cfg.per_worker_batch, cfg.num_workers, cfg.loader_workers)
     name = cfg.name or f"{cfg.family}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.storage_path).resolve() / name
-    if not resume and run_dir.exists():
+    storage_path = absolute(cfg.storage_path)
+    run_dir = join(storage_path, name)
+    if not resume and Storage(run_dir).exists():
         raise ConfigError(f"run folder {run_dir} already exists: pass --resume {run_dir} to continue it, "
                           f"or choose another name")
     cfg = from_dict(TrainConfig, {**to_dict(cfg), "name": name, "corpus": str(Path(cfg.corpus).resolve()),
-                                  "storage_path": str(run_dir.parent)})
+                                  "storage_path": storage_path})
     info = {"train": to_dict(cfg), "model_config": _jsonable(model_cfg), "corpus_id": corpus.corpus_id}
     return cfg, run_dir, info
 
@@ -96,7 +100,7 @@ def run_training(cfg: TrainConfig, resume: str | None = None, address: str | Non
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": to_dict(cfg), "run_dir": str(run_dir)},
+        train_loop_config={"train": to_dict(cfg), "run_dir": run_dir},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage_path,
@@ -259,9 +263,9 @@ class _Loop:
 
     def _maybe_die(self, step: int) -> None:
         """Testing aid: simulate a worker crash once (the marker survives restarts)."""
-        marker = self.run_dir.root / FAIL_MARKER
-        if self.cfg.fail_at_step == step and self.rank == 0 and not marker.exists():
-            marker.write_text(str(step))
+        storage = self.run_dir.storage
+        if self.cfg.fail_at_step == step and self.rank == 0 and not storage.exists(FAIL_MARKER):
+            storage.write_text(FAIL_MARKER, str(step))
             os._exit(1)
 
 

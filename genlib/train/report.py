@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 from pathlib import Path
 
-from genlib.train.rundir import RUN_JSON, SAMPLES, read_metrics
+from genlib.storage import Storage
+from genlib.train.rundir import SAMPLES, RunDir, read_metrics
 
 # Metric groups plotted together, by family (the first present group wins per plot).
 PLOTS = [
@@ -19,14 +21,13 @@ PLOTS = [
 ]
 
 
-def plot_metrics(rows: list[dict], out_dir: Path) -> list[tuple[str, Path]]:
-    """One PNG per metric group that has data; returns (title, path) pairs."""
+def plot_metrics(rows: list[dict], storage: Storage) -> list[tuple[str, str]]:
+    """One ``plots/*.png`` per metric group that has data; returns (title, relative path) pairs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for title, keys in PLOTS:
         series = {k: [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))] for k in keys}
@@ -43,35 +44,36 @@ def plot_metrics(rows: list[dict], out_dir: Path) -> list[tuple[str, Path]]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out_dir / (title.split(" ")[0].replace("/", "") + ".png")
-        fig.savefig(path)
+        rel = "plots/" + title.split(" ")[0] + ".png"
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
         plt.close(fig)
-        written.append((title, path))
+        storage.write_bytes(rel, buf.getvalue())
+        written.append((title, rel))
     return written
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``plots/*.png`` and ``report.html`` into the run folder; returns the page."""
-    root = Path(run_dir)
-    rows = read_metrics(root)
-    info = json.loads((root / RUN_JSON).read_text()) if (root / RUN_JSON).is_file() else {}
-    plots = plot_metrics(rows, root / "plots")
-    samples = sorted((root / SAMPLES).glob("step_*.png"))
+def write_report(run_dir: str | Path) -> str:
+    """Write ``plots/*.png`` and ``report.html`` into the run folder (local or
+    URI); returns the page's path/URI."""
+    run = RunDir(run_dir)
+    rows = read_metrics(run.storage)
+    plots = plot_metrics(rows, run.storage)
+    samples = run.storage.glob(SAMPLES, "step_*.png")
     last = rows[-1] if rows else {}
-    page = _page(root.name, info, last, plots, samples, root)
-    out = root / "report.html"
-    out.write_text(page)
-    return out
+    name = run.uri.rstrip("/").rsplit("/", 1)[-1]
+    run.storage.write_text("report.html", _page(name, run.info(), last, plots, samples))
+    return run.storage.uri("report.html")
 
 
-def _page(name, info, last, plots, samples, root) -> str:
+def _page(name, info, last, plots, samples) -> str:
     esc = html.escape
     cfg = info.get("train", {})
     summary = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in last.items())
-    figures = "".join(f'<figure><img src="{esc(p.relative_to(root).as_posix())}" alt="{esc(t)}">'
+    figures = "".join(f'<figure><img src="{esc(p)}" alt="{esc(t)}">'
                       f"<figcaption>{esc(t)}</figcaption></figure>" for t, p in plots)
-    grids = "".join(f'<figure><img class="grid" src="{esc(p.relative_to(root).as_posix())}" '
-                    f'alt="samples {esc(p.stem)}"><figcaption>{esc(p.stem.replace("_", " "))}</figcaption></figure>'
+    grids = "".join(f'<figure><img class="grid" src="{esc(p)}" alt="samples {esc(_stem(p))}">'
+                    f'<figcaption>{esc(_stem(p).replace("_", " "))}</figcaption></figure>'
                     for p in reversed(samples))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>genlib run {esc(name)}</title>
@@ -92,6 +94,10 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 <h2>Configuration</h2><pre>{esc(json.dumps(info, indent=2, sort_keys=True))}</pre>
 </body></html>
 """
+
+
+def _stem(rel: str) -> str:
+    return rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]
 
 
 def _fmt(v) -> str:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from genlib.data.build import image_grid
+from genlib.storage import Storage
 
 RUN_JSON = "run.json"
 METRICS_CSV = "metrics.csv"
@@ -28,22 +29,26 @@ SAMPLES = "samples"
 
 
 class RunDir:
-    """Rank 0's view of the run folder (a local path; cloud storage paths are
-    handled by Ray Train's checkpoint upload, and logs are written to a local
-    mirror given by ``--storage-path`` when it is local)."""
+    """Rank 0's (and the driver's) view of a run folder, local or behind a URI."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.storage = Storage(root)
         self.rows: list[dict[str, Any]] = []
 
+    @property
+    def uri(self) -> str:
+        return self.storage.root
+
     def init(self, run_info: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / RUN_JSON).write_text(json.dumps(run_info, indent=2, sort_keys=True) + "\n")
+        self.storage.write_text(RUN_JSON, json.dumps(run_info, indent=2, sort_keys=True) + "\n")
+
+    def info(self) -> dict[str, Any]:
+        return json.loads(self.storage.read_text(RUN_JSON)) if self.storage.is_file(RUN_JSON) else {}
 
     def resume_metrics(self, step: int) -> None:
         """Load the log and drop rows past ``step`` (logged after the checkpoint we
         resume from), so a resumed run has no duplicated steps."""
-        self.rows = [r for r in read_metrics(self.root) if int(r["step"]) <= step]
+        self.rows = [r for r in read_metrics(self.storage) if int(r["step"]) <= step]
         self._write()
 
     def log(self, row: dict[str, Any]) -> None:
@@ -52,23 +57,20 @@ class RunDir:
 
     def _write(self) -> None:
         if not self.rows:
-            (self.root / METRICS_CSV).unlink(missing_ok=True)
+            self.storage.delete(METRICS_CSV)
             return
         fields = list(dict.fromkeys(k for r in self.rows for k in r))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
         writer.writerows(self.rows)
-        tmp = self.root / (METRICS_CSV + ".tmp")
-        tmp.write_text(buf.getvalue())
-        tmp.replace(self.root / METRICS_CSV)  # never a half-written log
+        self.storage.write_text(METRICS_CSV, buf.getvalue())  # atomic: never a half-written log
 
-    def save_samples(self, images: torch.Tensor, step: int) -> Path:
+    def save_samples(self, images: torch.Tensor, step: int) -> str:
         """``images [N, 3, H, W]`` in [-1, 1] -> ``samples/step_NNNNNN.png``."""
-        path = self.root / SAMPLES / f"step_{step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_grid(images, path)
-        return path
+        rel = f"{SAMPLES}/step_{step:06d}.png"
+        self.storage.write_bytes(rel, grid_png(images))
+        return rel
 
 
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
@@ -76,8 +78,8 @@ def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     return [a.permute(1, 2, 0).numpy() for a in arr]
 
 
-def save_grid(images: torch.Tensor, path: Path, columns: int | None = None, scale: int = 0) -> None:
-    """Tile ``images [N, 3, H, W]`` (in [-1, 1]) into a PNG; small images are
+def grid_png(images: torch.Tensor, columns: int | None = None, scale: int = 0) -> bytes:
+    """Tile ``images [N, 3, H, W]`` (in [-1, 1]) into PNG bytes; small images are
     upscaled (nearest) so the grid is at least ~512 px wide."""
     tiles = to_uint8(images)
     columns = columns or int(np.ceil(np.sqrt(len(tiles))))
@@ -86,15 +88,17 @@ def save_grid(images: torch.Tensor, path: Path, columns: int | None = None, scal
     im = Image.fromarray(grid)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
-    im.save(path)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def read_metrics(root: str | Path) -> list[dict[str, Any]]:
-    path = Path(root) / METRICS_CSV
-    if not path.is_file():
+def read_metrics(root: str | Path | Storage) -> list[dict[str, Any]]:
+    storage = root if isinstance(root, Storage) else Storage(root)
+    if not storage.is_file(METRICS_CSV):
         return []
-    with open(path, newline="") as f:
-        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    rows = csv.DictReader(io.StringIO(storage.read_text(METRICS_CSV)))
+    return [{k: _num(v) for k, v in row.items()} for row in rows]
 
 
 def _num(value: str) -> Any:

@@ -38,8 +38,8 @@ def dcgan_cfg(corpus: Path, storage: Path, **kw) -> TrainConfig:
     return from_dict(TrainConfig, base)
 
 
-def metric_rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
+def metric_rows(run_dir) -> list[dict]:
+    with open(Path(run_dir) / "metrics.csv") as f:
         return list(csv.DictReader(f))
 
 
@@ -75,7 +75,7 @@ def test_worker_failure_and_explicit_resume_match_an_uninterrupted_run(faces_cor
 
     # Rank 0 dies hard at step 6; Ray Train restarts the group from the step-4 checkpoint.
     crashed = run_training(dcgan_cfg(faces_corpus, tmp_path, name="crashed", fail_at_step=6, max_failures=1))
-    assert (crashed.run_dir / FAIL_MARKER).read_text() == "6"
+    assert (Path(crashed.run_dir) / FAIL_MARKER).read_text() == "6"
     assert crashed.step == 12
     steps = [int(r["step"]) for r in metric_rows(crashed.run_dir)]
     assert steps == [2, 4, 6, 8, 10, 12]          # no repeated, no skipped steps in the log
@@ -84,11 +84,11 @@ def test_worker_failure_and_explicit_resume_match_an_uninterrupted_run(faces_cor
     # A run stopped at step 8, continued with --resume to step 12.
     run_training(dcgan_cfg(faces_corpus, tmp_path, name="stopped", steps=8))
     resumed = run_training(dcgan_cfg(faces_corpus, tmp_path, steps=12), resume=str(tmp_path / "stopped"))
-    assert resumed.step == 12 and resumed.run_dir == tmp_path / "stopped"
+    assert resumed.step == 12 and resumed.run_dir == str(tmp_path / "stopped")
     assert_same_weights(final_state(resumed), final_state(straight))
 
     # Run folder contents: log, sample grids, kept checkpoints, report.
-    run = straight.run_dir
+    run = Path(straight.run_dir)
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_000006.png", "step_000012.png"]
     assert len([p for p in run.glob("checkpoint_*") if p.is_dir()]) == 2  # keep_checkpoints
     page = (run / "report.html").read_text()

@@ -1,0 +1,91 @@
+"""A folder on a local disk or behind a URI (``s3://``, ``gs://``, ``file://``, ...).
+
+Training runs live under a ``storage_path`` that Ray Train also uses for
+checkpoints; on a multi-node cluster it must be shared (NFS or a bucket), and
+rank 0 may run on another machine than the driver. Everything genlib writes
+into a run folder goes through :class:`Storage`, backed by ``pyarrow.fs``
+(which ships the S3/GCS/HDFS clients Ray itself uses).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for local paths and URIs alike."""
+    if is_uri(base):
+        return posixpath.join(base, *parts)
+    return str(Path(base, *parts))
+
+
+def absolute(path: str) -> str:
+    """Local paths resolved to absolute (Ray needs that); URIs unchanged."""
+    return path if is_uri(path) else str(Path(path).resolve())
+
+
+class Storage:
+    """Read/write small files relative to one root folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = str(root) if is_uri(str(root)) else str(Path(root).resolve())
+        self.fs, self.base = pafs.FileSystem.from_uri(self.root if is_uri(self.root) else "file://" + self.root)
+
+    def _path(self, rel: str) -> str:
+        return posixpath.join(self.base, rel) if rel else self.base
+
+    def uri(self, rel: str = "") -> str:
+        return join(self.root, rel) if rel else self.root
+
+    def local_path(self) -> Path | None:
+        """The root as a local Path when it is on this machine's filesystem."""
+        return Path(self.base) if isinstance(self.fs, pafs.LocalFileSystem) else None
+
+    def exists(self, rel: str = "") -> bool:
+        return self.fs.get_file_info(self._path(rel)).type != pafs.FileType.NotFound
+
+    def is_file(self, rel: str) -> bool:
+        return self.fs.get_file_info(self._path(rel)).type == pafs.FileType.File
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write atomically where the filesystem allows it (local: temp + rename;
+        object stores: a PUT is atomic already)."""
+        path = self._path(rel)
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            tmp = path + ".tmp"
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, path)
+        else:
+            with self.fs.open_output_stream(path) as f:
+                f.write(data)
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode())
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self._path(rel)) as f:
+            return f.read()
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
+
+    def delete(self, rel: str) -> None:
+        if self.is_file(rel):
+            self.fs.delete_file(self._path(rel))
+
+    def glob(self, rel_dir: str, pattern: str) -> list[str]:
+        """Sorted relative paths of files in ``rel_dir`` matching ``pattern``."""
+        selector = pafs.FileSelector(self._path(rel_dir), allow_not_found=True)
+        names = [posixpath.basename(i.path) for i in self.fs.get_file_info(selector)
+                 if i.type == pafs.FileType.File]
+        return sorted(posixpath.join(rel_dir, n) for n in names if fnmatch.fnmatch(n, pattern))

@@ -52,10 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands")
     _add_data(sub)
     _add_train(sub)
-    demo = sub.add_parser("demo", help="build the embedded demo corpus (later: train and render on it)")
+    demo = sub.add_parser("demo", help="draw demo faces, build the corpus, train a small DCGAN on local Ray")
     demo.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
     demo.add_argument("--count", type=int, default=512, help="number of demo faces to draw")
-    demo.add_argument("--force", action="store_true", help="rebuild even if outputs exist")
+    demo.add_argument("--steps", type=int, default=200, help="DCGAN training steps (0: skip training)")
+    demo.add_argument("--workers", type=int, default=1, help="DDP ranks for training")
+    demo.add_argument("--force", action="store_true", help="redraw the faces and start a new training run")
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -177,22 +179,50 @@ def cmd_data_demo_raw(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The README's main command: everything from nothing, with no download."""
+    from genlib.config import from_dict
     from genlib.data.build import build_corpus
     from genlib.data.demo import generate_demo_faces
-    from genlib.config import from_dict
     from genlib.data.recipe import CorpusRecipe
 
     work = Path(args.workdir)
     raw = work / "raw-faces"
+    steps = 2 if args.steps else 1
     if args.force or not raw.is_dir():
         paths = generate_demo_faces(raw, count=args.count)
-        print(f"[1/1] drew {len(paths)} demo faces under {raw}")
+        print(f"[1/{steps + 1}] drew {len(paths)} demo faces under {raw}")
     recipe = from_dict(CorpusRecipe, DEMO_RECIPE)
     result = build_corpus(raw, work / "corpus", recipe, force=True)
-    print(result.summary())
-    print(f"\ncorpus ready: {result.out_dir.resolve()}")
-    print(f"preview:      {(result.out_dir / 'preview.png').resolve()}")
+    print(f"[2/{steps + 1}] " + result.summary())
+    lines = [f"corpus:  {result.out_dir.resolve()}", f"preview: {(result.out_dir / 'preview.png').resolve()}"]
+    if args.steps:
+        outcome = _demo_train(work, result.out_dir, args)
+        lines += [f"run:     {outcome.run_dir}", f"report:  {outcome.report}"]
+    print("\n" + "\n".join(lines))
     return 0
+
+
+def _demo_train(work: Path, corpus: Path, args: argparse.Namespace):
+    from genlib.config import from_dict
+    from genlib.distributed.train import run_training
+    from genlib.storage import Storage
+    from genlib.train.config import TrainConfig
+
+    name = "dcgan"
+    resume = str((work / "runs" / name).resolve()) if Storage(work / "runs" / name).exists() else None
+    if resume and args.force:
+        import shutil
+
+        shutil.rmtree(resume)
+        resume = None
+    every = max(10, args.steps // 4)
+    cfg = from_dict(TrainConfig, {
+        "corpus": str(corpus), "storage_path": str(work / "runs"), "name": name, "steps": args.steps,
+        "batch_size": 64, "num_workers": args.workers, "cpus_per_worker": 1.0 / args.workers,
+        "loader_workers": 0, "log_every": 10, "checkpoint_every": every, "sample_every": every,
+        "model": {"family": "dcgan", "ngf": 32, "ndf": 32}})
+    print(f"[3/3] training a small DCGAN for {args.steps} steps on the local Ray "
+          f"({'resuming ' + resume if resume else 'new run'})")
+    return run_training(cfg, resume=resume)
 
 
 # The demo corpus recipe (datasets/demo-faces.toml holds the same, for reading and `data build`).

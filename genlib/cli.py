@@ -5,6 +5,8 @@
     genlib data demo-raw OUT [--count N]
     genlib train --config run.toml [--corpus DIR] [--set steps=500] [--resume RUN_DIR]
     genlib report RUN_DIR
+    genlib render --requests requests.parquet [--config render.toml] [--set actors=4]
+    genlib render --kind style --input photos/ --params '{"style": ["starry.jpg"]}' --output renders/
     genlib demo [--workdir runs/demo]
 
 Errors the user can fix (missing input, bad config, existing output) print one
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args) or 0
-    except (UserError, ConfigError, FileNotFoundError, ValueError) as exc:
+    except (UserError, ConfigError, FileNotFoundError, ValueError) as exc:  # RequestError is a ValueError
         print(f"genlib: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as exc:
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands")
     _add_data(sub)
     _add_train(sub)
+    _add_render(sub)
     demo = sub.add_parser("demo", help="draw demo faces, build the corpus, train a small DCGAN on local Ray")
     demo.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
     demo.add_argument("--count", type=int, default=512, help="number of demo faces to draw")
@@ -99,6 +102,55 @@ def _add_train(sub) -> None:
     report = sub.add_parser("report", help="(re)write a run's report.html")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+
+
+def _add_render(sub) -> None:
+    render = sub.add_parser("render", help="batch style transfer / DeepDream / mask completion on Ray Data")
+    render.add_argument("--requests", help="request table (.parquet/.csv/.jsonl): request_id, kind, input, params")
+    render.add_argument("--kind", choices=["style", "deepdream", "complete"], help="build requests on the fly")
+    render.add_argument("--input", action="append", default=[], help="input image or folder (with --kind)")
+    render.add_argument("--params", default="{}", help="JSON params for every on-the-fly request")
+    render.add_argument("--config", help="render config (TOML/YAML): a RenderConfig, see genlib/render/runner.py")
+    render.add_argument("--output", help="output folder or URI (overrides the config)")
+    render.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    render.add_argument("--ray-address", default=None, help="Ray address (default: RAY_ADDRESS or embedded)")
+    render.set_defaults(func=cmd_render)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from genlib.distributed.render import run_render
+    from genlib.render.manifest import load_requests
+    from genlib.render.runner import RenderConfig
+
+    overrides = list(args.overrides) + ([f"output={_toml_str(args.output)}"] if args.output else [])
+    config = load_config(RenderConfig, args.config, overrides)
+    if bool(args.requests) == bool(args.kind):
+        raise UserError("give either --requests FILE or --kind with --input")
+    requests = load_requests(args.requests) if args.requests else _requests_from_inputs(args)
+    print(run_render(requests, config, address=args.ray_address))
+    return 0
+
+
+def _requests_from_inputs(args: argparse.Namespace) -> list[dict]:
+    from genlib.render.manifest import normalise_requests
+
+    images = []
+    for item in args.input:
+        p = Path(item)
+        if p.is_dir():
+            images += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists() or "://" in item:
+            images.append(item)
+        else:
+            raise UserError(f"input not found: {item}")
+    if not images:
+        raise UserError("no input images (pass --input FILE_OR_FOLDER)")
+    rows = [{"request_id": f"{args.kind}-{Path(uri).stem}-{i:05d}", "kind": args.kind, "input": uri,
+             "params": args.params} for i, uri in enumerate(images)]
+    return normalise_requests(rows, "--input")
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def load_train_config(args: argparse.Namespace):

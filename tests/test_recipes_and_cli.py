@@ -26,10 +26,10 @@ def test_demo_recipe_file_matches_the_code():
 
 
 def test_demo_command_builds_a_corpus(tmp_path, capsys):
-    assert main(["demo", "--workdir", str(tmp_path), "--count", "24"]) == 0
+    assert main(["demo", "--workdir", str(tmp_path), "--count", "24", "--steps", "0"]) == 0
     out = capsys.readouterr().out
     corpus = tmp_path / "corpus"
-    assert f"corpus ready: {corpus.resolve()}" in out
+    assert f"corpus:  {corpus.resolve()}" in out
     manifest = json.loads((corpus / "corpus.json").read_text())
     assert manifest["accepted"] == 24 and manifest["name"] == "demo-faces"
     assert (corpus / "preview.png").is_file()

@@ -21,7 +21,6 @@ import math
 import os
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -70,8 +69,6 @@ def prepare_run(cfg: TrainConfig, resume: str | None = None) -> tuple[TrainConfi
         raise ConfigError("corpus: no corpus given (set corpus = \"path\" or pass --corpus)")
     corpus = open_corpus(cfg.corpus)
     model_cfg = resolve_model_config(cfg.model, corpus)
-    if cfg.amp == "fp16":
-        raise ConfigError("amp: 'fp16' needs per-family loss scaling, which is not implemented; use 'bf16'")
     batches_per_worker(corpus.count("train"), cfg.per_worker_batch, cfg.num_workers, cfg.loader_workers)
     name = cfg.name or f"{cfg.family}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     storage_path = absolute(cfg.storage_path)
@@ -143,6 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # [2] Build the family, restore the checkpoint, wrap the networks for DDP.
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     family = build_family(cfg.model, corpus, device)
+    family.set_precision(cfg.amp if device.type == "cuda" else "none")  # before restore: the loss scale is state
     step = restore(family, ray.train.get_checkpoint())
     if rank == 0:
         run.resume_metrics(step)
@@ -195,8 +193,7 @@ class _Loop:
         cfg = self.cfg
         self._maybe_die(step + 1)
         torch.manual_seed(hash((cfg.seed, self.rank, step)) & 0x7FFFFFFF)
-        with self._autocast():
-            metrics = self.family.train_step(batch)
+        metrics = self.family.train_step(batch)  # autocast / loss scaling happen inside the family
         step += 1
         for k, v in metrics.items():
             self.window.setdefault(k, []).append(float(v))
@@ -228,8 +225,7 @@ class _Loop:
     def _averaged(self) -> dict[str, float]:
         """Window means of every metric, averaged over ranks, plus throughput."""
         keys = sorted(self.window)
-        local = torch.tensor([sum(self.window[k]) / len(self.window[k]) for k in keys], dtype=torch.float64,
-                             device=self.device)
+        local = torch.tensor([_finite_mean(self.window[k]) for k in keys], dtype=torch.float64, device=self.device)
         if self.world > 1:
             import torch.distributed as dist
 
@@ -248,18 +244,11 @@ class _Loop:
         val = "val" if self.corpus.count("val") else "train"
         loader = make_loader(self.corpus, val, batch_size=self.cfg.per_worker_batch, num_workers=0,
                              target=spec(self.cfg.family).target, train=False)
-        with self._autocast():
-            return self.family.evaluate(islice(loader, self.cfg.eval_batches))
+        return self.family.evaluate(islice(loader, self.cfg.eval_batches))
 
     def _samples(self) -> torch.Tensor:
         generator = torch.Generator(device="cpu").manual_seed(self.cfg.seed)  # same z every time
-        with self._autocast():
-            return self.family.sample(self.cfg.sample_count, generator=generator)
-
-    def _autocast(self):
-        if self.cfg.amp == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        return self.family.sample(self.cfg.sample_count, generator=generator)
 
     def _maybe_die(self, step: int) -> None:
         """Testing aid: simulate a worker crash once (the marker survives restarts)."""
@@ -267,6 +256,12 @@ class _Loop:
         if self.cfg.fail_at_step == step and self.rank == 0 and not storage.exists(FAIL_MARKER):
             storage.write_text(FAIL_MARKER, str(step))
             os._exit(1)
+
+
+def _finite_mean(values: list[float]) -> float:
+    """Mean over finite values (fp16 steps skipped for overflow report inf grad norms)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
 
 
 def _print_progress(row: dict[str, Any], steps: int) -> None:

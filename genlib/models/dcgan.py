@@ -22,6 +22,11 @@ Single-device and Ray-free. The distributed layer may wrap ``netG``/``netD``
 calls the attributes and runs every forward's backward before the next forward
 of the same network. ``sample``/``evaluate`` use the *unwrapped* modules so that
 they never trigger collectives (safe to call on one rank only).
+
+Mixed precision (:meth:`Family.set_precision`): the forwards run under
+autocast, D's logits are upcast to fp32 before the BCE losses and the
+probability metrics, and both updates share the family's one GradScaler
+(updated once per step, as PyTorch prescribes for several optimisers).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlib.models.base import Batch, Family, Metrics, unwrap
+from genlib.models.base import Batch, Family, Metrics, unwrap, upcast
 
 __all__ = ["IMAGE_SIZES", "Z_DISTS", "DCGANConfig", "Generator", "Discriminator", "DCGAN",
            "weights_init", "n_stages"]
@@ -179,11 +184,6 @@ def _bce(logits: torch.Tensor, target: float, reduction: str = "mean") -> torch.
         logits, torch.full_like(logits, target), reduction=reduction)
 
 
-def _grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
-    """Global L2 norm of the gradients (an infinite max_norm never clips)."""
-    return torch.nn.utils.clip_grad_norm_(list(params), max_norm=float("inf"))
-
-
 @contextmanager
 def _mode(module: nn.Module, training: bool, keep_buffers: bool = False) -> Iterator[nn.Module]:
     """Temporarily set train/eval mode; with ``keep_buffers`` also restore the
@@ -208,7 +208,8 @@ class DCGAN(Family):
 
     ``train_step`` metrics: ``loss`` (= loss_d + loss_g), ``loss_d``,
     ``loss_g``, ``d_real``/``d_fake`` (mean D probabilities before the D
-    update), ``grad_norm_d``, ``grad_norm_g``.
+    update), ``grad_norm_d``, ``grad_norm_g``; under fp16 also ``loss_scale``
+    and ``overflow`` (a non-finite grad norm: that network's step was skipped).
     """
 
     def __init__(self, config: DCGANConfig, device: torch.device | str = "cpu") -> None:
@@ -238,29 +239,36 @@ class DCGAN(Family):
     def train_step(self, batch: Batch) -> Metrics:
         """One D update on real + fake, then one non-saturating G update."""
         real = batch["image"].to(self.device, non_blocking=True)  # [B, nc, S, S]
-        fake = self.netG(self.sample_z(real.size(0)))  # [B, nc, S, S], graph kept for G
+        with self.autocast():
+            fake = self.netG(self.sample_z(real.size(0)))  # [B, nc, S, S], graph kept for G
         loss_d, d_real, d_fake, gn_d = self._update_d(real, fake.detach())
         loss_g, gn_g = self._update_g(fake)
+        amp_metrics = self.end_step()  # after both optimiser steps
         # one host sync for all scalars
         vals = torch.stack([loss_d, loss_g, d_real, d_fake, gn_d, gn_g]).tolist()
         metrics = dict(zip(("loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d",
                             "grad_norm_g"), vals))
         metrics["loss"] = metrics["loss_d"] + metrics["loss_g"]
-        return metrics
+        return {**metrics, **amp_metrics}
+
+    def _d_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """D's logits ``[B]`` through the (possibly wrapped) ``netD`` under
+        autocast, upcast to fp32 for the losses and probability means."""
+        with self.autocast():
+            return upcast(self.netD(images))
 
     def _update_d(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Minimise BCE(D(x), 1) + BCE(D(fake), 0). ``fake`` must be detached.
         Returns detached (loss_d, mean D(x), mean D(fake), grad norm)."""
         opt = self.optimizers["netD"]
         opt.zero_grad(set_to_none=True)
-        logits_real = self.netD(real)  # [B]
+        logits_real = self._d_logits(real)  # [B]
         err_real = _bce(logits_real, 1.0)
-        err_real.backward()  # backward before the next netD forward (DDP rule)
-        logits_fake = self.netD(fake)  # [B]
+        self.backward(err_real)  # backward before the next netD forward (DDP rule)
+        logits_fake = self._d_logits(fake)  # [B]
         err_fake = _bce(logits_fake, 0.0)
-        err_fake.backward()  # gradients accumulate: d(err_real + err_fake)
-        grad_norm = _grad_norm(self.netD.parameters())
-        opt.step()
+        self.backward(err_fake)  # gradients accumulate: d(err_real + err_fake)
+        grad_norm = self.optimizer_step(opt, list(self.netD.parameters()))
         return ((err_real + err_fake).detach(), torch.sigmoid(logits_real).mean().detach(),
                 torch.sigmoid(logits_fake).mean().detach(), grad_norm)
 
@@ -271,19 +279,20 @@ class DCGAN(Family):
         opt.zero_grad(set_to_none=True)
         # This backward also fills netD's grads; they are discarded by the
         # zero_grad of the next D update (as in pytorch/examples).
-        err_g = _bce(self.netD(fake), 1.0)
-        err_g.backward()
-        grad_norm = _grad_norm(self.netG.parameters())
-        opt.step()
+        err_g = _bce(self._d_logits(fake), 1.0)
+        # Only G's optimiser is unscaled and stepped; the scaled netD grads
+        # this leaves behind are never read.
+        grad_norm = self.backward_step(err_g, opt, list(self.netG.parameters()))
         return err_g.detach(), grad_norm
 
     # -- inference ----------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` images ``[n, nc, S, S]`` in ``[-1, 1]`` from G in eval mode
-        (BatchNorm running statistics); G's previous mode is restored."""
-        with _mode(unwrap(self.netG), training=False) as netG:
-            return netG(self.sample_z(n, generator))
+        (BatchNorm running statistics); G's previous mode is restored.
+        Runs under the family's autocast; the images are returned as fp32."""
+        with _mode(unwrap(self.netG), training=False) as netG, self.autocast():
+            return upcast(netG(self.sample_z(n, generator)))
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[Batch]) -> Metrics:
@@ -294,6 +303,7 @@ class DCGAN(Family):
         ``d_real``/``d_fake`` (mean probabilities); plus ``n_images``. G runs in
         eval mode (as in :meth:`sample`), z from a fixed seed. D runs with batch
         statistics, as in training, and its running stats are restored after.
+        Forwards run under the family's autocast; the sums are taken in fp32+.
         """
         gen = torch.Generator().manual_seed(EVAL_SEED)
         sums = torch.zeros(4, dtype=torch.float64)
@@ -302,8 +312,10 @@ class DCGAN(Family):
                 _mode(unwrap(self.netD), True, keep_buffers=True) as netD:
             for batch in batches:
                 real = batch["image"].to(self.device)
-                fake = netG(self.sample_z(real.size(0), gen))
-                sums += self._eval_sums(netD(real), netD(fake))
+                with self.autocast():
+                    fake = netG(self.sample_z(real.size(0), gen))
+                    logits_real, logits_fake = netD(real), netD(fake)
+                sums += self._eval_sums(upcast(logits_real), upcast(logits_fake))
                 count += real.size(0)
         if count == 0:
             raise ValueError("DCGAN.evaluate: no validation images")

@@ -22,6 +22,11 @@ pixel, not comparable to per-RGB-subpixel figures in the paper).
 
 Single-device and Ray-free: the distributed layer may wrap ``self.net`` (e.g.
 in DDP) via :meth:`Family.wrap`.
+
+Mixed precision (:meth:`Family.set_precision`): the network runs under
+autocast, except two places kept in fp32 because rounding there would show in
+the likelihood: the Row LSTM cell/hidden state (a running sum over rows) and
+the final 1x1 logit layer. Cross-entropies are taken on fp32 logits.
 """
 
 from __future__ import annotations
@@ -36,7 +41,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlib.models.base import Batch, Family, Metrics, bits_per_dim, unwrap
+from genlib.models.base import (
+    Batch,
+    Family,
+    Metrics,
+    bits_per_dim,
+    full_precision,
+    unwrap,
+    upcast,
+)
 
 __all__ = [
     "VARIANTS",
@@ -203,11 +216,14 @@ class RowLSTMLayer(nn.Module):
         """``x [B, hidden, H, W] -> [B, hidden, H, W]``."""
         batch, _, height, width = x.shape
         gates_in = self.input_to_state(x)          # [B, 4h, H, W]
-        h = x.new_zeros(batch, self.hidden, width)  # state of row r-1: [B, h, W]
-        c = x.new_zeros(batch, self.hidden, width)
+        # The recurrent state stays in (at least) fp32 under autocast, only the
+        # convs drop to 16 bits: c accumulates over every row of the image.
+        state_dtype = torch.promote_types(x.dtype, torch.float32)
+        h = x.new_zeros(batch, self.hidden, width, dtype=state_dtype)  # row r-1: [B, h, W]
+        c = x.new_zeros(batch, self.hidden, width, dtype=state_dtype)
         rows = []
         for r in range(height):
-            gates = gates_in[:, :, r] + self.state_to_state(h)  # [B, 4h, W]
+            gates = upcast(gates_in[:, :, r]) + upcast(self.state_to_state(h))  # [B, 4h, W]
             o, f, i, g = gates.chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
@@ -262,8 +278,11 @@ class PixelRNNNet(nn.Module):
         return self.embedding(index).permute(0, 3, 1, 2)
 
     def logits_from_embedding(self, emb: torch.Tensor) -> torch.Tensor:
-        """``emb [B, E, H, W] -> logits [B, K, H, W]`` (exposed for tests)."""
-        return self.head(self.body(self.first(emb)))
+        """``emb [B, E, H, W] -> logits [B, K, H, W]`` (exposed for tests).
+        The last 1x1 conv runs in fp32 even under autocast (module docstring);
+        without autocast this is exactly ``self.head(...)``."""
+        h = self.head[:-1](self.body(self.first(emb)))
+        return full_precision(self.head[-1], h)
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         return self.logits_from_embedding(self.embed_input(index))
@@ -352,27 +371,29 @@ class PixelRNN(Family):
         """One Adam step on the mean per-pixel cross-entropy.
 
         Returns ``loss`` (mean CE, nats/pixel), ``nll_nats`` (nats/image),
-        ``bits_per_dim`` (= loss / ln 2) and ``grad_norm`` (before clipping).
+        ``bits_per_dim`` (= loss / ln 2) and ``grad_norm`` (before clipping);
+        under fp16 also ``loss_scale`` and ``overflow`` (a non-finite grad
+        norm: the step was skipped).
         """
         index = self._index(batch)
         optimizer = self.optimizers["net"]
-        logits = self.net(index)                 # [B, K, H, W]; via wrapper
-        loss = F.cross_entropy(logits, index)    # mean over B*H*W pixels
+        with self.autocast():
+            logits = self.net(index)             # [B, K, H, W]; via wrapper
+        loss = F.cross_entropy(upcast(logits), index)  # fp32 mean over B*H*W pixels
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = self.config.grad_clip
-        grad_norm = nn.utils.clip_grad_norm_(
-            self.net.parameters(), clip if clip is not None else float("inf"))
-        optimizer.step()
-        return {**self._metrics(loss.item()), "grad_norm": float(grad_norm)}
+        grad_norm = self.backward_step(loss, optimizer, list(self.net.parameters()),
+                                       self.config.grad_clip)
+        amp_metrics = self.end_step()
+        return {**self._metrics(loss.item()), "grad_norm": float(grad_norm), **amp_metrics}
 
     @torch.no_grad()
     def nll_per_image(self, index: torch.Tensor | Batch) -> torch.Tensor:
         """Exact negative log-likelihood in nats, ``[B]``, of ``index [B,H,W]``
         (or of a batch dict's ``"index"``)."""
         index = self._index(index)
-        logits = unwrap(self.net)(index)
-        ce = F.cross_entropy(logits, index, reduction="none")  # [B, H, W]
+        with self.autocast():
+            logits = unwrap(self.net)(index)
+        ce = F.cross_entropy(upcast(logits), index, reduction="none")  # [B, H, W], fp32
         return ce.flatten(1).sum(dim=1)
 
     @torch.no_grad()
@@ -445,7 +466,8 @@ class PixelRNN(Family):
                     if bool(fixed_host[:, r, c].all()):
                         continue  # nothing to sample here
                     # Row r depends only on rows <= r, so later rows are cropped.
-                    logits = net(canvas[:, : r + 1])[:, :, r, c]  # [n, K]
+                    with self.autocast():
+                        logits = net(canvas[:, : r + 1])[:, :, r, c]  # [n, K]
                     drawn = _draw(logits, float(temperature), generator)
                     canvas[:, r, c] = torch.where(fixed[:, r, c], canvas[:, r, c], drawn)
         finally:

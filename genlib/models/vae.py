@@ -41,6 +41,12 @@ that bound tight; for other betas treat bits/dim as a loose bound only.
 Single-device and Ray-free. ``encoder``/``decoder`` may be wrapped (e.g. DDP)
 through :meth:`Family.wrap`: ``train_step`` calls each attribute once, then one
 backward. Inference helpers use the unwrapped modules (no collectives).
+
+Mixed precision (:meth:`Family.set_precision`): encoder and decoder run under
+autocast, except the decoder's output layer, which always runs in fp32 (a
+16-bit mean is rounded to ~half an 8-bit bin, which would cap the likelihood
+once sigma is learned small); ``mu``/``logvar``/``mean`` are upcast and the
+reparameterisation, Gaussian NLL and KL are computed in fp32.
 """
 
 from __future__ import annotations
@@ -54,7 +60,15 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from genlib.models.base import Batch, Family, Metrics, bits_per_dim, unwrap
+from genlib.models.base import (
+    Batch,
+    Family,
+    Metrics,
+    bits_per_dim,
+    full_precision,
+    unwrap,
+    upcast,
+)
 
 __all__ = ["IMAGE_SIZES", "VAEConfig", "Encoder", "Decoder", "VAE", "gaussian_nll",
            "kl_standard_normal", "DISCRETE_SHIFT_PER_DIM"]
@@ -186,9 +200,12 @@ class Decoder(nn.Module):
                                       requires_grad=config.learn_scale)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.fc(z).view(z.size(0), self.width, 4, 4)
+        h = self.main[:-2](self.fc(z).view(z.size(0), self.width, 4, 4))
+        # Output conv + tanh in fp32 even under autocast (module docstring);
+        # without autocast this is exactly self.main(...).
+        mean = self.main[-1](full_precision(self.main[-2], h))
         # log_scale goes out through forward so a DDP wrapper sees it used
-        return self.main(h), self.log_scale
+        return mean, self.log_scale
 
 
 # --------------------------------------------------------------------------
@@ -236,7 +253,9 @@ class VAE(Family):
     ``train_step`` metrics (per-image means, nats unless said otherwise):
     ``loss`` (= recon + beta*kl, the objective), ``nelbo`` (= recon + kl),
     ``recon`` (discrete-space reconstruction NLL), ``kl``, ``bits_per_dim``
-    (of nelbo), ``grad_norm`` (before clipping), ``log_scale``.
+    (of nelbo), ``grad_norm`` (before clipping), ``log_scale``; under fp16
+    also ``loss_scale`` and ``overflow`` (a non-finite grad norm: the step was
+    skipped).
     """
 
     def __init__(self, config: VAEConfig, device: torch.device | str = "cpu") -> None:
@@ -259,14 +278,18 @@ class VAE(Family):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Single-sample ``(recon, kl)``, each ``[B]`` nats/image, for images
         ``x [B, nc, S, S]`` in ``[-1, 1]``. ``recon`` includes the 8-bit shift
-        ``dims * log(127.5)`` (module docstring); noise comes from ``generator``."""
+        ``dims * log(127.5)`` (module docstring); noise comes from ``generator``.
+        Networks run under the family's autocast, the terms in fp32."""
         if self.config.dequantize:  # uniform jitter inside the 2/255-wide bin
             x = x + (_noise("uniform", x.shape, generator, x.device) - 0.5) * (2.0 / 255.0)
-        mu, logvar = encoder(x)  # [B, latent_dim] each
+        with self.autocast():
+            mu, logvar = encoder(x)  # [B, latent_dim] each
+        mu, logvar = upcast(mu), upcast(logvar)
         eps = _noise("normal", mu.shape, generator, mu.device)
         z = mu + torch.exp(0.5 * logvar) * eps  # reparameterisation
-        mean, log_scale = decoder(z)  # [B, nc, S, S], []
-        recon = gaussian_nll(x, mean, log_scale) + self.dims * DISCRETE_SHIFT_PER_DIM
+        with self.autocast():
+            mean, log_scale = decoder(z)  # [B, nc, S, S] (fp32 output layer), []
+        recon = gaussian_nll(x, upcast(mean), log_scale) + self.dims * DISCRETE_SHIFT_PER_DIM
         return recon, kl_standard_normal(mu, logvar)
 
     # -- training ---------------------------------------------------------
@@ -277,16 +300,13 @@ class VAE(Family):
         loss = (recon + self.config.beta * kl).mean()
         opt = self.optimizers["vae"]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for g in opt.param_groups for p in g["params"]]
-        max_norm = self.config.grad_clip or float("inf")  # inf: measure, never clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        opt.step()
+        grad_norm = self.backward_step(loss, opt, clip=self.config.grad_clip)  # all of opt's params
+        amp_metrics = self.end_step()
         log_scale = unwrap(self.decoder).log_scale
         vals = torch.stack([loss.detach(), recon.mean().detach(), kl.mean().detach(),
                             grad_norm, log_scale.detach()]).tolist()  # one host sync
         metrics = dict(zip(("loss", "recon", "kl", "grad_norm", "log_scale"), vals))
-        return self._with_nelbo(metrics)
+        return {**self._with_nelbo(metrics), **amp_metrics}
 
     def _with_nelbo(self, metrics: Metrics) -> Metrics:
         """Add ``nelbo = recon + kl`` and its ``bits_per_dim``."""
@@ -318,9 +338,10 @@ class VAE(Family):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoder means ``[B, nc, S, S]`` in ``[-1, 1]`` for ``z [B, latent_dim]``."""
-        with _eval(unwrap(self.decoder)) as dec:
-            return dec(z.to(self.device))[0]
+        """Decoder means ``[B, nc, S, S]`` in ``[-1, 1]`` for ``z [B, latent_dim]``
+        (fp32; the decoder body runs under the family's autocast)."""
+        with _eval(unwrap(self.decoder)) as dec, self.autocast():
+            return upcast(dec(z.to(self.device))[0])
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -332,9 +353,9 @@ class VAE(Family):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic reconstruction: decode the posterior mean of ``x``."""
-        with _eval(unwrap(self.encoder)) as enc:
+        with _eval(unwrap(self.encoder)) as enc, self.autocast():
             mu, _ = enc(x.to(self.device))
-        return self.decode(mu)
+        return self.decode(upcast(mu))
 
     @torch.no_grad()
     def latent_grid(self, n_per_side: int, span: float = 3.0) -> torch.Tensor:

@@ -28,6 +28,7 @@ import platform
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +36,7 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags; the defaults are the small size recorded in BENCHMARKS.md."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", help="raw images (folder/zip/tar); default: draw demo faces in a temp dir")
@@ -91,6 +93,8 @@ def build_once(raw: Path, out: Path, recipe, name: str, ray_cpus: float | None =
     cpu, start = cpu_seconds(), time.perf_counter()
     result = build_corpus(raw, out, recipe, force=True, mapper=mapper, progress=False)
     total = time.perf_counter() - start
+    if result.up_to_date:
+        raise RuntimeError("build_corpus skipped an up-to-date corpus; nothing was measured")
     n = result.manifest["input_files"]
     return {"seconds": total, "process_seconds": mapper.seconds, "inputs": n, "images_per_s": n / total,
             "cores_used": (cpu_seconds() - cpu) / total}
@@ -132,6 +136,19 @@ def start_ray() -> float:
     return time.perf_counter() - start
 
 
+def source_revision() -> str:
+    """The genlib commit benchmarked (``+dirty`` with uncommitted changes), or "unknown"."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
 def print_table(rows: list[dict]) -> None:
     """One line per mapper: end-to-end and parallel-phase throughput, serial rest,
     CPU cores the build actually got (n/a for Ray: its workers are not our children), speedup."""
@@ -156,6 +173,7 @@ def prepare_input(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Prepare the input, run every configuration, print the table, optionally write JSON."""
     args = parse_args(argv)
     from genlib.cli import DEMO_RECIPE
     from genlib.config import from_dict
@@ -164,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = from_dict(CorpusRecipe, {**DEMO_RECIPE, "size": args.size})
     names = [f"local-{w}" for w in args.workers] + (["ray"] if args.ray else [])
     info = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-            "loadavg_start": os.getloadavg()}
+            "loadavg_start": os.getloadavg(), "revision": source_revision()}
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
         raw, drew = prepare_input(args, Path(tmp))
         print(f"input {raw} ready in {drew:.0f}s", file=sys.stderr)
@@ -175,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     print(f"(median of {args.repeats} builds each, {recipe.size} px output; {info['cpus']} CPUs, "
           f"load average {info['loadavg_start'][0]:.1f} -> {info['loadavg_end'][0]:.1f}"
-          + (f"; ray.init took {info['ray_init_seconds']:.1f}s, not counted" if args.ray else "") + ")")
+          + (f"; ray.init took {info['ray_init_seconds']:.1f}s, not counted" if args.ray else "")
+          + f"; genlib {info['revision']})")
     if args.json:
         Path(args.json).write_text(json.dumps({"benchmark": "build", "args": vars(args), "machine": info,
                                                "results": rows}, indent=2))

@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -43,6 +44,7 @@ SPLIT = "train"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags; the defaults are the small size recorded in BENCHMARKS.md."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--corpus", help="an existing corpus folder (default: build the demo corpus in a temp dir)")
@@ -157,14 +159,28 @@ def print_table(rows: list[dict]) -> None:
               f"{r['ratio']:>9.2f}x  {min(p):.2f}-{max(p):.2f}")
 
 
+def source_revision() -> str:
+    """The genlib commit benchmarked (``+dirty`` with uncommitted changes), or "unknown"."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
 def machine() -> dict:
     """What the figures depend on; load average shows how busy the shared machine was."""
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "loadavg_start": os.getloadavg()}
+            "loadavg_start": os.getloadavg(), "revision": source_revision()}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Prepare the input, run every configuration, print the table, optionally write JSON."""
     args = parse_args(argv)
     info = machine()
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
@@ -182,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     info["loadavg_end"] = os.getloadavg()
     print_table(rows)
     print(f"(img/s: median (min-max) of {args.repeats} repeats x {args.epochs} epochs; {info['cpus']} CPUs, "
-          f"load average {info['loadavg_start'][0]:.1f} -> {info['loadavg_end'][0]:.1f})")
+          f"load average {info['loadavg_start'][0]:.1f} -> {info['loadavg_end'][0]:.1f}; "
+          f"genlib {info['revision']})")
     if args.json:
         Path(args.json).write_text(json.dumps({"benchmark": "loader", "args": vars(args), "machine": info,
                                                "max_abs_diff": diff, "results": rows}, indent=2))

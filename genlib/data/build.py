@@ -31,7 +31,6 @@ from typing import Callable, Iterable, Iterator, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
@@ -317,6 +316,8 @@ def _learn_palette(train: list[Processed], recipe: CorpusRecipe) -> np.ndarray |
 
 def _write_shards(tmp: Path, recipe: CorpusRecipe, splits: dict[str, list[Processed]],
                   palette: np.ndarray | None) -> tuple[list[dict], dict[str, str]]:
+    import webdataset as wds  # imported here: it pulls in torch, which spawned build workers never need
+
     shards: list[dict] = []
     shard_of: dict[str, str] = {}
     for split, samples in splits.items():

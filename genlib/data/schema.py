@@ -38,7 +38,8 @@ INDEX_EXT = "idx.png"
 META_EXT = "json"
 
 # Fixed tar member metadata so identical inputs give byte-identical shards.
-TAR_MTIME = 946684800.0  # 2000-01-01T00:00:00Z
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z. An int: a float mtime makes tarfile add a PAX header
+#                        to every member (+1 KiB each, ~26% larger shards, slower reads).
 
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()),

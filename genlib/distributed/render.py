@@ -100,8 +100,8 @@ def _fan_out(todo: list[dict], config_dict: dict, config: RenderConfig, address:
             compute=ActorPoolStrategy(size=min(config.actors, len(todo))), num_cpus=config.cpus_per_actor,
             num_gpus=config.gpus_per_actor if config.use_gpu else 0, batch_format="numpy")
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        for i, batch in enumerate(ds.iter_batches(batch_size=None, batch_format="numpy")):
-            rows = [{k: _plain(batch[k][j]) for k in batch} for j in range(len(batch["request_id"]))]
+        for i, batch in enumerate(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
+            rows = batch.to_pylist()  # pyarrow keeps missing strings as None (numpy batches make them NaN)
             write_manifest_part(config.output, rows, f"{run_id}-{i:05d}")
             for r in rows:
                 if r["status"] != "ok":

@@ -435,7 +435,9 @@ def load_backbone(name: str, weights: str | None = "default", device: torch.devi
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     if avg_pool and name != "vgg19":
         raise ValueError(f"avg_pool is a vgg19 option, not {name}")
-    model = VGG19Backbone(avg_pool=avg_pool) if name == "vgg19" else _BUILDERS[name]()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random-init backbones are reproducible (and the caller's RNG is untouched)
+        model = VGG19Backbone(avg_pool=avg_pool) if name == "vgg19" else _BUILDERS[name]()
     if weights is None or weights == "none":
         model.weights_id = "random"
     elif weights == "default":

@@ -39,7 +39,7 @@ def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Te
     """uint8 [H, W, 3] -> float [1, 3, H, W] in [0, 1]."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise RenderError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {tuple(image.shape)}")
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255).to(device)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div(255).to(device)  # copy: writable
 
 
 def to_image(x: torch.Tensor) -> np.ndarray:

@@ -55,13 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_render(sub)
-    demo = sub.add_parser("demo", help="draw demo faces, build the corpus, train a small DCGAN on local Ray")
+    demo = sub.add_parser("demo", help="demo faces -> corpus -> DCGAN -> renders -> report.html, on local Ray")
     demo.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
     demo.add_argument("--count", type=int, default=512, help="number of demo faces to draw")
-    demo.add_argument("--steps", type=int, default=200, help="DCGAN training steps (0: skip training)")
+    demo.add_argument("--steps", type=int, default=200, help="DCGAN training steps (0: build the corpus only)")
     demo.add_argument("--workers", type=int, default=1, help="DDP ranks for training")
-    demo.add_argument("--force", action="store_true", help="redraw the faces and start a new training run")
+    demo.add_argument("--force", action="store_true", help="delete the workdir first (a fresh run)")
     demo.set_defaults(func=cmd_demo)
+    pipe = sub.add_parser("pipeline", help="build -> train -> render -> report, from a PipelineConfig file")
+    pipe.add_argument("--config", help="PipelineConfig (TOML/YAML), see genlib/pipeline.py")
+    pipe.add_argument("--workdir", help="output folder (overrides the config)")
+    pipe.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pipe.add_argument("--ray-address", default=None, help="Ray address (default: RAY_ADDRESS or embedded)")
+    pipe.set_defaults(func=cmd_pipeline)
     return parser
 
 
@@ -231,50 +237,41 @@ def cmd_data_demo_raw(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The README's main command: everything from nothing, with no download."""
+    from genlib.pipeline import PipelineConfig, run_pipeline
+
+    work = Path(args.workdir)
+    if args.force:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    if not args.steps:  # corpus only
+        return _demo_corpus_only(work, args.count)
+    cfg = PipelineConfig(workdir=str(work), count=args.count, steps=args.steps, train_workers=args.workers)
+    run_pipeline(cfg)
+    return 0
+
+
+def _demo_corpus_only(work: Path, count: int) -> int:
     from genlib.config import from_dict
     from genlib.data.build import build_corpus
     from genlib.data.demo import generate_demo_faces
     from genlib.data.recipe import CorpusRecipe
 
-    work = Path(args.workdir)
     raw = work / "raw-faces"
-    steps = 2 if args.steps else 1
-    if args.force or not raw.is_dir():
-        paths = generate_demo_faces(raw, count=args.count)
-        print(f"[1/{steps + 1}] drew {len(paths)} demo faces under {raw}")
-    recipe = from_dict(CorpusRecipe, DEMO_RECIPE)
-    result = build_corpus(raw, work / "corpus", recipe, force=True)
-    print(f"[2/{steps + 1}] " + result.summary())
-    lines = [f"corpus:  {result.out_dir.resolve()}", f"preview: {(result.out_dir / 'preview.png').resolve()}"]
-    if args.steps:
-        outcome = _demo_train(work, result.out_dir, args)
-        lines += [f"run:     {outcome.run_dir}", f"report:  {outcome.report}"]
-    print("\n" + "\n".join(lines))
+    if not raw.is_dir():
+        generate_demo_faces(raw, count=count)
+    result = build_corpus(raw, work / "corpus", from_dict(CorpusRecipe, DEMO_RECIPE), force=True)
+    print(result.summary())
+    print(f"\ncorpus:  {result.out_dir.resolve()}\npreview: {(result.out_dir / 'preview.png').resolve()}")
     return 0
 
 
-def _demo_train(work: Path, corpus: Path, args: argparse.Namespace):
-    from genlib.config import from_dict
-    from genlib.distributed.train import run_training
-    from genlib.storage import Storage
-    from genlib.train.config import TrainConfig
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from genlib.pipeline import PipelineConfig, run_pipeline
 
-    name = "dcgan"
-    resume = str((work / "runs" / name).resolve()) if Storage(work / "runs" / name).exists() else None
-    if resume and args.force:
-        import shutil
-
-        shutil.rmtree(resume)
-        resume = None
-    every = max(10, args.steps // 4)
-    cfg = from_dict(TrainConfig, {
-        "corpus": str(corpus), "storage_path": str(work / "runs"), "name": name, "steps": args.steps,
-        "batch_size": 64, "num_workers": args.workers, "cpus_per_worker": 1.0 / args.workers,
-        "loader_workers": 0, "log_every": 10, "checkpoint_every": every, "sample_every": every,
-        "model": {"family": "dcgan", "ngf": 32, "ndf": 32}})
-    print(f"[3/3] training a small DCGAN for {args.steps} steps on the local Ray "
-          f"({'resuming ' + resume if resume else 'new run'})")
-    return run_training(cfg, resume=resume)
+    overrides = list(args.overrides) + ([f"workdir={_toml_str(args.workdir)}"] if args.workdir else [])
+    run_pipeline(load_config(PipelineConfig, args.config, overrides), address=args.ray_address)
+    return 0
 
 
 # The demo corpus recipe (datasets/demo-faces.toml holds the same, for reading and `data build`).

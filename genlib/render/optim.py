@@ -110,7 +110,8 @@ def _first_order(param, run: _Run, method: str, iterations: int, lr: float, mome
             if adam:
                 adam.step()
             elif method == "normalized_gd":
-                param -= lr * param.grad / (param.grad.abs().mean() + 1e-8)
+                # Relative floor: tiny gradients (e.g. random-init networks, ~1e-10) still step.
+                param -= lr * param.grad / param.grad.abs().mean().clamp_min(1e-30)
             else:  # momentum
                 velocity.mul_(momentum).add_(param.grad)
                 param -= lr * velocity

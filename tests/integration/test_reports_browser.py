@@ -1,0 +1,110 @@
+"""The HTML pages people look at load in a real headless browser (Debian's
+chromium) with every image displayed and no script errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from genlib.pipeline import write_site
+from genlib.render.gallery import write_gallery
+from genlib.render.manifest import normalise_requests, write_manifest_part
+from genlib.train.report import write_report
+from genlib.train.rundir import RunDir
+from tests.conftest import build, faces_recipe
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it)")
+
+HARNESS = """<!doctype html><html><body><pre id="result">pending</pre>
+<iframe id="f" src="PAGE" style="width:1200px;height:900px"></iframe>
+<script>
+const errors = [];
+const f = document.getElementById("f");
+f.addEventListener("load", () => {
+  const w = f.contentWindow;
+  w.addEventListener("error", e => errors.push(String(e.message || e)));
+  const imgs = Array.from(f.contentDocument.images);
+  Promise.all(imgs.map(i => i.complete ? 0 : new Promise(r => { i.onload = r; i.onerror = r; }))).then(() => {
+    const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src"));
+    document.getElementById("result").textContent = JSON.stringify(
+      {title: f.contentDocument.title, images: imgs.length, broken: broken, errors: errors});
+  });
+});
+</script></body></html>"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, raw_faces) -> Path:
+    """A small work folder with all three kinds of page: run report, render gallery, one-page site."""
+    work = tmp_path_factory.mktemp("site")
+    corpus = build(raw_faces, work / "corpus", faces_recipe()).out_dir
+    run = RunDir(work / "runs" / "dcgan")
+    run.init({"train": {"model": {"family": "dcgan"}, "corpus": str(corpus)}})
+    for step in (10, 20):
+        run.log({"step": step, "loss_d": 1.0 / step, "loss_g": 2.0, "images_per_s": 100.0})
+        run.save_samples(torch.rand(16, 3, 32, 32) * 2 - 1, step)
+    write_report(run.uri)
+    renders = work / "renders"
+    rows = normalise_requests([{"request_id": f"r{i}", "kind": "style", "input": "x.png", "params": {}}
+                               for i in range(3)])
+    manifest = []
+    for i, r in enumerate(rows):
+        rel = f"images/style/r{i}.png"
+        (renders / "images/style").mkdir(parents=True, exist_ok=True)
+        for name in (rel, rel.replace(".png", ".input.png")):
+            Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(renders / name)
+        manifest.append({"request_id": r["request_id"], "kind": "style", "input_uri": "x.png",
+                         "params": r["params"], "params_hash": r["params_hash"], "output_uri": rel,
+                         "status": "ok" if i < 2 else "failed", "error": None if i < 2 else "RenderError: boom",
+                         "losses": json.dumps({"total": 1.5}), "iterations": 3, "seconds": 0.1,
+                         "finished_at": f"2026-01-0{i + 1}"})
+    write_manifest_part(str(renders), manifest, "t-00000")
+    write_gallery(str(renders))
+    write_site(work, corpus, work / "runs" / "dcgan", renders)
+    return work
+
+
+def check_page(root: Path, page: str, tmp_path: Path) -> dict:
+    (root / "__check.html").write_text(HARNESS.replace("PAGE", page))
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/__check.html"
+        cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=15000", "--dump-dom", url]
+        dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    finally:
+        server.shutdown()
+    match = re.search(r'<pre id="result">(.*?)</pre>', dom, re.S)
+    assert match and match.group(1) != "pending", dom[-2000:]
+    return json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
+@pytest.mark.parametrize("page, min_images", [("report.html", 5), ("runs/dcgan/report.html", 3),
+                                              ("renders/gallery.html", 4)])
+def test_page_loads_with_every_image(site, page, min_images, tmp_path):
+    result = check_page(site, page, tmp_path)
+    assert result["errors"] == []
+    assert result["broken"] == [], result
+    assert result["images"] >= min_images, result
+    assert result["title"]
+
+
+def test_the_check_catches_a_missing_image(tmp_path):
+    (tmp_path / "bad.html").write_text('<!doctype html><title>t</title><img src="nope.png" alt="x">')
+    result = check_page(tmp_path, "bad.html", tmp_path)
+    assert result["broken"] == ["nope.png"]

@@ -188,6 +188,28 @@ def _type_error(key: str, expected: str, value: Any) -> ConfigError:
     return ConfigError(f"{key}: expected {expected}, got {type(value).__name__} {value!r}")
 
 
+def is_int(value: Any) -> bool:
+    """A real integer (bool excluded: ``True`` is not a size)."""
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """A finite real number (bool excluded)."""
+    import math
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_field(ok: bool, owner: str, name: str, message: str, *value: Any) -> None:
+    """Raise a ValueError naming ``owner.name`` (and the value, when given) unless ``ok``."""
+    if not ok:
+        got = f", got {value[0]!r}" if value else ""
+        raise ValueError(f"{owner}.{name}: {message}{got}")
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """A dataclass as plain JSON-able data (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(obj)))
@@ -202,4 +224,4 @@ def config_hash(obj: Any) -> str:
 
 
 __all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "config_hash", "read_config_file",
-           "parse_override"]
+           "parse_override", "check_field", "is_int", "is_real"]

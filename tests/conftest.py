@@ -32,6 +32,15 @@ def shared() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """An embedded 2-CPU Ray for one test module (shut down after it)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def raw_faces(tmp_path_factory) -> Path:
     """40 procedurally drawn 64px faces in nested folders (read-only for tests)."""

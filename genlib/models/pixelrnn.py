@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any, Iterable
 
 import numpy as np
@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlib.config import check_field, is_int
 from genlib.models.base import (
     Batch,
     Family,
@@ -68,15 +69,11 @@ VARIANTS = ("row_lstm", "pixelcnn")
 # --------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------
-def _is_int(value: Any) -> bool:
-    """True for real integers (bool is excluded: ``True`` is not a size)."""
-    return isinstance(value, Integral) and not isinstance(value, bool)
+_is_int = is_int
 
 
 def _check(ok: bool, name: str, message: str) -> None:
-    """Raise a ValueError that names the offending config field."""
-    if not ok:
-        raise ValueError(f"PixelRNNConfig.{name}: {message}")
+    check_field(ok, "PixelRNNConfig", name, message)
 
 
 def _palette_list(palette: Any) -> list[list[int]]:

@@ -54,12 +54,12 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from genlib.config import check_field, is_int, is_real
 from genlib.models.base import (
     Batch,
     Family,
@@ -85,17 +85,10 @@ EVAL_SEED = 0  # evaluate() noise (dequantisation, z) is seeded: calls agree
 # Config
 # --------------------------------------------------------------------------
 def _check(ok: bool, name: str, value: Any, message: str) -> None:
-    """Raise a ValueError naming the offending config field and its value."""
-    if not ok:
-        raise ValueError(f"VAEConfig.{name}: {message}, got {value!r}")
+    check_field(ok, "VAEConfig", name, message, value)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+_is_int, _is_real = is_int, is_real
 
 
 @dataclass

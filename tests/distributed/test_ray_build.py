@@ -11,13 +11,6 @@ from tests.data.test_build import all_files
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_ray_build_matches_local_build(raw_faces, faces_corpus, tmp_path, local_ray):
     from genlib.distributed.build import RayMapper

@@ -22,13 +22,6 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def dcgan_cfg(corpus: Path, storage: Path, **kw) -> TrainConfig:
     base = dict(corpus=str(corpus), storage_path=str(storage), steps=12, batch_size=8, num_workers=1,
                 cpus_per_worker=1.0, loader_workers=0, log_every=2, checkpoint_every=4, sample_every=6,

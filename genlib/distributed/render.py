@@ -100,13 +100,20 @@ def _fan_out(todo: list[dict], config_dict: dict, config: RenderConfig, address:
             compute=ActorPoolStrategy(size=min(config.actors, len(todo))), num_cpus=config.cpus_per_actor,
             num_gpus=config.gpus_per_actor if config.use_gpu else 0, batch_format="numpy")
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        for i, batch in enumerate(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
+        buffer, parts, last_flush = [], 0, time.monotonic()
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = batch.to_pylist()  # pyarrow keeps missing strings as None (numpy batches make them NaN)
-            write_manifest_part(config.output, rows, f"{run_id}-{i:05d}")
+            buffer += rows
             for r in rows:
                 if r["status"] != "ok":
                     print(f"[render] {r['request_id']} failed: {r['error']}", file=sys.stderr)
+            # Few, larger parts (reruns read them all) but bounded loss: flush every 64 rows or 15 s.
+            if len(buffer) >= 64 or time.monotonic() - last_flush > 15:
+                write_manifest_part(config.output, buffer, f"{run_id}-{parts:05d}")
+                buffer, parts, last_flush = [], parts + 1, time.monotonic()
             yield rows
+        if buffer:
+            write_manifest_part(config.output, buffer, f"{run_id}-{parts:05d}")
     finally:
         if started:
             ray.shutdown()

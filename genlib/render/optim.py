@@ -89,7 +89,7 @@ def _lbfgs(param, run: _Run, iterations: int, lr: float, project) -> None:
     while run.count < iterations:
         before = run.count
         opt.param_groups[0]["max_iter"] = min(20, iterations - run.count)
-        opt.param_groups[0]["max_eval"] = int(opt.param_groups[0]["max_iter"] * 1.25)
+        opt.param_groups[0]["max_eval"] = opt.param_groups[0]["max_iter"]  # the budget counts evaluations
         opt.step(closure)
         if project:
             with torch.no_grad():

@@ -11,7 +11,7 @@ Resume and exactness:
   seeded shuffles; already-consumed batches of the epoch are skipped), and the
   global torch RNG is reseeded from (seed, rank, step) before every step, so a
   resumed run takes exactly the optimiser steps an uninterrupted run would.
-- ``ray.train.report`` is a barrier: every rank calls it at the same steps.
+- ``ray.train.report`` is a barrier: every rank calls it at the same (checkpoint) steps.
 """
 
 from __future__ import annotations
@@ -205,8 +205,10 @@ class _Loop:
         return step
 
     def report(self, step: int, checkpoint: bool, sample: bool) -> None:
-        import ray.train
-
+        """Log metrics (all ranks take part in the all-reduce; rank 0 writes) and, at
+        checkpoint steps only, call ``ray.train.report`` on every rank. Ray Train V2
+        collects reports every ~2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so reporting
+        each log step would throttle fast (GPU) steps to one window per 2 s."""
         row = {"step": step, "epoch": (step - 1) // len(self.loader), **self._averaged()}
         if self.rank == 0:
             if checkpoint and self.cfg.eval_batches:
@@ -215,7 +217,14 @@ class _Loop:
                 self.run_dir.save_samples(self._samples(), step)
             self.run_dir.log(row)
             _print_progress(row, self.cfg.steps)
-        if checkpoint and self.rank == 0:
+        if checkpoint:
+            self._checkpoint(step, row)
+
+    def _checkpoint(self, step: int, row: dict) -> None:
+        """Barrier: every rank reports at the same steps; only rank 0 attaches the checkpoint."""
+        import ray.train
+
+        if self.rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_state(self.family, step, self.cfg, self.corpus.corpus_id, Path(tmp))
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))

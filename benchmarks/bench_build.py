@@ -24,15 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine  # benchmarks/_common.py
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -136,17 +136,6 @@ def start_ray() -> float:
     return time.perf_counter() - start
 
 
-def source_revision() -> str:
-    """The genlib commit benchmarked (``+dirty`` with uncommitted changes), or "unknown"."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "")
 
 
 def print_table(rows: list[dict]) -> None:
@@ -181,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     recipe = from_dict(CorpusRecipe, {**DEMO_RECIPE, "size": args.size})
     names = [f"local-{w}" for w in args.workers] + (["ray"] if args.ray else [])
-    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-            "loadavg_start": os.getloadavg(), "revision": source_revision()}
+    info = machine()
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
         raw, drew = prepare_input(args, Path(tmp))
         print(f"input {raw} ready in {drew:.0f}s", file=sys.stderr)

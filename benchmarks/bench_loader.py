@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -39,6 +37,8 @@ from torchvision import datasets, transforms
 from genlib.data import schema
 from genlib.data.corpus import Corpus, open_corpus
 from genlib.data.loader import make_loader
+
+from _common import build_demo_corpus, machine  # benchmarks/_common.py
 
 SPLIT = "train"
 
@@ -59,17 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_demo_corpus(work: Path, count: int) -> Path:
-    """Draw ``count`` 128 px demo faces and build them with the demo recipe (64 px)."""
-    from genlib.cli import DEMO_RECIPE
-    from genlib.config import from_dict
-    from genlib.data.build import build_corpus
-    from genlib.data.demo import generate_demo_faces
-    from genlib.data.recipe import CorpusRecipe
-
-    generate_demo_faces(work / "raw", count=count)
-    build_corpus(work / "raw", work / "corpus", from_dict(CorpusRecipe, DEMO_RECIPE), progress=False)
-    return work / "corpus"
 
 
 def export_pngs(corpus: Corpus, folder: Path) -> int:
@@ -159,24 +148,8 @@ def print_table(rows: list[dict]) -> None:
               f"{r['ratio']:>9.2f}x  {min(p):.2f}-{max(p):.2f}")
 
 
-def source_revision() -> str:
-    """The genlib commit benchmarked (``+dirty`` with uncommitted changes), or "unknown"."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "")
 
 
-def machine() -> dict:
-    """What the figures depend on; load average shows how busy the shared machine was."""
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "loadavg_start": os.getloadavg(), "revision": source_revision()}
 
 
 def main(argv: list[str] | None = None) -> int:

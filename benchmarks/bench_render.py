@@ -31,9 +31,7 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from _common import machine  # benchmarks/_common.py
 
 ART_STYLE = Path("/work/shared/corpora/art/styles/starry_night.jpg")
 CPU_DEFAULTS = {"device": "cpu", "backbone": "efficientnet_lite0", "size": 128, "iterations": 100,
@@ -433,22 +433,12 @@ def print_dream(res: dict) -> None:
           f"(s/image {spread(res['seconds'])})")
 
 
-def machine() -> dict:
-    """What the figures depend on; the load average shows how busy the shared machine was."""
-    try:
-        rev = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "--short",
-                              "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        rev = "unknown"
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "gpu": gpu, "platform": platform.platform(), "loadavg_start": os.getloadavg(), "revision": rev}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the selected parts, print their tables, optionally write JSON."""
     args = parse_args(argv)
-    info, results = machine(), {}
+    info, results = machine(gpu=True), {}
     if "style" in args.parts:
         results["style"] = bench_style(args)
     if "dream" in args.parts:

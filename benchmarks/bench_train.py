@@ -26,15 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from _common import build_demo_corpus, machine  # benchmarks/_common.py
 
 CPU_DEFAULTS = {"batch_size": 64, "width": 32, "steps": 40, "log_every": 5, "loader_workers": 0, "count": 2000}
 GPU_DEFAULTS = {"batch_size": 128, "width": 64, "steps": 400, "log_every": 50, "loader_workers": 4, "count": 8000}
@@ -71,17 +71,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_demo_corpus(work: Path, count: int) -> Path:
-    """Draw ``count`` 128 px demo faces and build them with the demo recipe (64 px)."""
-    from genlib.cli import DEMO_RECIPE
-    from genlib.config import from_dict
-    from genlib.data.build import build_corpus
-    from genlib.data.demo import generate_demo_faces
-    from genlib.data.recipe import CorpusRecipe
-
-    generate_demo_faces(work / "raw", count=count)
-    build_corpus(work / "raw", work / "corpus", from_dict(CorpusRecipe, DEMO_RECIPE), progress=False)
-    return work / "corpus"
 
 
 # ============================================================================ measurements
@@ -270,24 +259,8 @@ def ray_poll_interval() -> float:
     return float(os.environ.get(RAY_POLL_ENV, "2"))
 
 
-def source_revision() -> str:
-    """The genlib commit benchmarked (``+dirty`` with uncommitted changes), or "unknown"."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "")
 
 
-def machine(args) -> dict:
-    """What the figures depend on; load average shows how busy the shared machine was."""
-    gpu = torch.cuda.get_device_name(0) if args.gpu and torch.cuda.is_available() else None
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(), "gpu": gpu,
-            "platform": platform.platform(), "loadavg_start": os.getloadavg(), "revision": source_revision()}
 
 
 def start_ray(args) -> float:
@@ -306,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.gpu and not torch.cuda.is_available():
         sys.exit("--gpu: torch sees no CUDA device")
-    info = machine(args)
+    info = machine(gpu=args.gpu)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
         t = time.perf_counter()

@@ -13,6 +13,7 @@ from torch import nn
 from genlib.config import ConfigError, from_dict
 from genlib.models.base import unwrap
 from genlib.models.dcgan import DCGAN, DCGANConfig, Discriminator, Generator
+from tests.models.common import PassThrough, fixed_batch
 
 torch.set_num_threads(1)
 
@@ -24,39 +25,6 @@ def small_config(**kw) -> DCGANConfig:
     base = dict(image_size=32, nz=16, ngf=8, ndf=8)
     base.update(kw)
     return DCGANConfig(**base)
-
-
-def fixed_batch(n: int = 8, size: int = 32, seed: int = 0) -> dict:
-    """Smooth random images in [-1, 1] on the 8-bit grid, as the loader gives."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
-    img = nn.functional.interpolate(low, size=size, mode="bilinear", align_corners=False)
-    img = torch.round((img + 1) * 127.5) / 127.5 - 1
-    return {"image": img, "key": [f"k{i}" for i in range(n)]}
-
-
-class PassThrough(nn.Module):
-    """Stands in for DDP: holds ``.module`` and enforces DDP's rule that a
-    forward with grad must get its backward before the next forward."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-        self.pending = False
-        self.forwards = 0
-
-    def forward(self, *args, **kwargs):
-        assert not self.pending, "second forward before the previous backward"
-        out = self.module(*args, **kwargs)
-        self.forwards += 1
-        if torch.is_grad_enabled() and out.requires_grad:
-            self.pending = True
-            out.register_hook(self._done)
-        return out
-
-    def _done(self, grad):
-        self.pending = False
-        return grad
 
 
 # -- shapes -------------------------------------------------------------------

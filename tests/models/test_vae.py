@@ -14,6 +14,7 @@ from torch.distributions import Normal, kl_divergence
 from genlib.config import ConfigError, from_dict
 from genlib.models.vae import (DISCRETE_SHIFT_PER_DIM, VAE, Decoder, Encoder, VAEConfig,
                                gaussian_nll, kl_standard_normal)
+from tests.models.common import PassThrough, fixed_batch
 
 torch.set_num_threads(1)
 
@@ -25,40 +26,6 @@ def small_config(**kw) -> VAEConfig:
     base = dict(image_size=32, latent_dim=16, nf=8)
     base.update(kw)
     return VAEConfig(**base)
-
-
-def fixed_batch(n: int = 8, size: int = 32, seed: int = 0) -> dict:
-    """Smooth random images in [-1, 1] on the 8-bit grid, as the loader gives."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
-    img = nn.functional.interpolate(low, size=size, mode="bilinear", align_corners=False)
-    img = torch.round((img + 1) * 127.5) / 127.5 - 1
-    return {"image": img, "key": [f"k{i}" for i in range(n)]}
-
-
-class PassThrough(nn.Module):
-    """Stands in for DDP: holds ``.module`` and enforces DDP's rule that a
-    forward with grad must get its backward before the next forward."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-        self.pending = False
-        self.forwards = 0
-
-    def forward(self, *args, **kwargs):
-        assert not self.pending, "second forward before the previous backward"
-        out = self.module(*args, **kwargs)
-        self.forwards += 1
-        first = out[0] if isinstance(out, tuple) else out  # a non-leaf output
-        if torch.is_grad_enabled() and first.requires_grad:
-            self.pending = True
-            first.register_hook(self._done)
-        return out
-
-    def _done(self, grad):
-        self.pending = False
-        return grad
 
 
 # -- shapes -------------------------------------------------------------------

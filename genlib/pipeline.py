@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from genlib.config import from_dict, to_dict
+from genlib.config import from_dict
 
 
 @dataclass
@@ -206,9 +206,3 @@ figure.failed {{ color: #a00; }} code {{ background: #f4f4f4; }}
 </body></html>
 """
 
-
-def pipeline_config_from(args: dict) -> PipelineConfig:
-    return from_dict(PipelineConfig, args)
-
-
-__all__ = ["PipelineConfig", "run_pipeline", "write_site", "paint_canvas", "demo_requests", "to_dict"]

@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -135,7 +134,9 @@ def _fingerprint(items: list[RawItem], recipe: CorpusRecipe) -> dict:
     and the on-disk format version."""
     h = hashlib.sha256()
     for item in items:
-        digest = hashlib.sha256(item.data).hexdigest() if item.data is not None else f"error:{item.error}"
+        if item.data is not None:
+            item.sha256 = hashlib.sha256(item.data).hexdigest()  # reused by process_item: hashed once
+        digest = item.sha256 or f"error:{item.error}"
         h.update(f"{item.source}\t{digest}\t{item.box}\n".encode())
     inputs = h.hexdigest()
     rhash = config_hash(recipe)
@@ -413,6 +414,3 @@ def _manifest(input_path: Path, recipe: CorpusRecipe, fingerprint: dict, splits:
         "palette": palette.tolist() if palette is not None else None,
     }
 
-
-def elapsed(start: float) -> str:
-    return f"{time.perf_counter() - start:.1f}s"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import random
 from dataclasses import dataclass
 from itertools import islice
@@ -195,6 +194,3 @@ def make_loader(corpus: str | Path | Corpus, split: str = "train", *, batch_size
     return DataLoader(CorpusStream(spec), batch_size=None, num_workers=num_workers,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None)
 
-
-def read_sidecar(sample: dict) -> dict:
-    return json.loads(sample[schema.META_EXT])

@@ -55,7 +55,7 @@ def process_chunk(items: list[RawItem], recipe: CorpusRecipe) -> list[Processed]
 def process_item(item: RawItem, recipe: CorpusRecipe) -> Processed:
     if item.data is None:
         return Processed(item.source, None, reason="unreadable", detail=item.error)
-    sha = hashlib.sha256(item.data).hexdigest()
+    sha = item.sha256 or hashlib.sha256(item.data).hexdigest()
     try:
         if not item.data:
             raise Reject("empty_file", "file is empty (0 bytes)")

@@ -26,6 +26,7 @@ class RawItem:
     data: bytes | None = None
     error: str | None = None
     box: tuple[int, int, int, int] | None = None  # face box (x, y, w, h) from the recipe's box file
+    sha256: str | None = None  # of ``data``; filled once by the build's fingerprint pass
 
 
 def is_archive(path: Path) -> bool:

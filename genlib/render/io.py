@@ -40,8 +40,11 @@ def _corpus_sample(uri: str) -> bytes:
     root, _, key = uri[len("corpus://"):].partition("#")
     if not key:
         raise RenderError(f"{uri}: corpus URIs look like corpus://<folder>#<key>")
+    import pyarrow.compute as pc
+
     corpus = open_corpus(root)
-    rows = corpus.index().filter(_eq(corpus.index(), "key", key)).to_pylist()
+    index = corpus.index()  # read once
+    rows = index.filter(pc.equal(index["key"], key)).to_pylist()
     if not rows:
         raise RenderError(f"{uri}: no sample with key {key!r} in corpus {root}")
     for sample in wds.WebDataset(str(corpus.root / rows[0]["shard"]), shardshuffle=False):
@@ -49,11 +52,6 @@ def _corpus_sample(uri: str) -> bytes:
             return sample["png"]
     raise RenderError(f"{uri}: sample {key} missing from shard {rows[0]['shard']}")
 
-
-def _eq(table, column, value):
-    import pyarrow.compute as pc
-
-    return pc.equal(table[column], value)
 
 
 def load_image(uri: str) -> tuple[np.ndarray, str]:

@@ -49,19 +49,13 @@ class PipelineConfig:
 
 def run_pipeline(cfg: PipelineConfig, address: str | None = None) -> Path:
     """Run every stage on one Ray (embedded unless ``address``/``RAY_ADDRESS``); returns report.html."""
-    import ray
-
-    from genlib.distributed.runtime import init_ray
+    from genlib.distributed.runtime import ray_session
 
     work = Path(cfg.workdir).resolve()
-    started = init_ray(address)
-    try:
+    with ray_session(address):  # one Ray for every stage
         corpus = _stage_corpus(cfg, work)
         run = _stage_train(cfg, work, corpus)
         summary = _stage_render(cfg, work, corpus, run)
-    finally:
-        if started:
-            ray.shutdown()
     page = write_site(work, corpus, Path(run.run_dir), work / "renders")
     print(f"\n{summary}\n\nreport: {page}")
     return page

@@ -29,18 +29,18 @@ class RayMapper:
                    chunks: Iterable[list[RawItem]]) -> Iterator[list[Processed]]:
         import ray
 
-        from genlib.distributed.runtime import init_ray
+        from genlib.distributed.runtime import ray_session
 
-        init_ray(self.address)
-        remote = ray.remote(num_cpus=self.num_cpus, max_retries=3)(_call)
-        fn_ref = ray.put(fn)
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(remote.remote(fn_ref, chunk))
-            if len(pending) >= self.max_in_flight:
+        with ray_session(self.address):
+            remote = ray.remote(num_cpus=self.num_cpus, max_retries=3)(_call)
+            fn_ref = ray.put(fn)
+            pending: deque = deque()
+            for chunk in chunks:
+                pending.append(remote.remote(fn_ref, chunk))
+                if len(pending) >= self.max_in_flight:
+                    yield ray.get(pending.popleft())
+            while pending:
                 yield ray.get(pending.popleft())
-        while pending:
-            yield ray.get(pending.popleft())
 
 
 def _call(fn, chunk):

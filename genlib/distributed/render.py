@@ -88,10 +88,9 @@ def _fan_out(todo: list[dict], config_dict: dict, config: RenderConfig, address:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    from genlib.distributed.runtime import init_ray
+    from genlib.distributed.runtime import ray_session
 
-    started = init_ray(address)
-    try:
+    with ray_session(address):
         DataContext.get_current().enable_progress_bars = progress
         blocks = max(1, math.ceil(len(todo) / config.batch_size))
         ds = ray.data.from_items(todo, override_num_blocks=blocks)
@@ -114,6 +113,3 @@ def _fan_out(todo: list[dict], config_dict: dict, config: RenderConfig, address:
             yield rows
         if buffer:
             write_manifest_part(config.output, buffer, f"{run_id}-{parts:05d}")
-    finally:
-        if started:
-            ray.shutdown()

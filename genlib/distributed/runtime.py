@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -20,3 +22,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
     return True
+
+
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """``init_ray`` for the block; shut Ray down afterwards only if this call
+    started it (a cluster or an enclosing session is left running)."""
+    started = init_ray(address)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()

@@ -87,13 +87,12 @@ def run_training(cfg: TrainConfig, resume: str | None = None, address: str | Non
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from genlib.distributed.runtime import init_ray
+    from genlib.distributed.runtime import ray_session
     from genlib.train.report import write_report
 
     cfg, run_dir, info = prepare_run(cfg, resume)
     if not resume:
         RunDir(run_dir).init(info)
-    started = init_ray(address)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -104,13 +103,8 @@ def run_training(cfg: TrainConfig, resume: str | None = None, address: str | Non
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
     )
-    try:
+    with ray_session(address):
         result = trainer.fit()
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     report = write_report(run_dir)
     checkpoint = result.checkpoint.path if result.checkpoint else None
     metrics = dict(result.metrics or {})

@@ -39,10 +39,10 @@ def machine(gpu: bool = False) -> dict:
 
 def build_demo_corpus(work: Path, count: int) -> Path:
     """Draw ``count`` 128 px demo faces and build them with the demo recipe (64 px)."""
-    from genlib.cli import DEMO_RECIPE
+    from genlib.demo.assets import DEMO_RECIPE
     from genlib.config import from_dict
     from genlib.data.build import build_corpus
-    from genlib.data.demo import generate_demo_faces
+    from genlib.demo.faces import generate_demo_faces
     from genlib.data.recipe import CorpusRecipe
 
     generate_demo_faces(work / "raw", count=count)

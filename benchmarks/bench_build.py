@@ -154,7 +154,7 @@ def prepare_input(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
     """The raw input folder and the seconds it took to draw (0 for ``--input``)."""
     if args.input:
         return Path(args.input), 0.0
-    from genlib.data.demo import generate_demo_faces
+    from genlib.demo.faces import generate_demo_faces
 
     start = time.perf_counter()
     generate_demo_faces(work / "raw", count=args.count, size=args.raw_size)
@@ -164,7 +164,7 @@ def prepare_input(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
 def main(argv: list[str] | None = None) -> int:
     """Prepare the input, run every configuration, print the table, optionally write JSON."""
     args = parse_args(argv)
-    from genlib.cli import DEMO_RECIPE
+    from genlib.demo.assets import DEMO_RECIPE
     from genlib.config import from_dict
     from genlib.data.recipe import CorpusRecipe
 

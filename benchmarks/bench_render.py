@@ -262,7 +262,7 @@ def write_inputs(folder: Path, side: int) -> list[str]:
 
 def dream_rows(folder: Path, args: argparse.Namespace) -> list[dict]:
     """``args.rows`` deepdream request rows (1 octave, small), normalised like a request table."""
-    from genlib.render.manifest import normalise_requests
+    from genlib.render.requests import normalise_requests
 
     inputs = write_inputs(folder, 2 * args.row_size)
     rows = [{"request_id": f"dream-{i:03d}", "kind": "deepdream", "input": inputs[i % len(inputs)],
@@ -273,7 +273,7 @@ def dream_rows(folder: Path, args: argparse.Namespace) -> list[dict]:
 
 def render_config(output: Path, actors: int = 1, cpus: float = 0.5):
     """The one RenderConfig of every pipeline run (deepdream on efficientnet_lite0, real weights)."""
-    from genlib.render.runner import BackboneChoice, RenderConfig
+    from genlib.render.config import BackboneChoice, RenderConfig
 
     return RenderConfig(output=str(output), actors=actors, cpus_per_actor=cpus,
                         deepdream=BackboneChoice("efficientnet_lite0", "default"))

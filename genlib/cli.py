@@ -16,17 +16,35 @@ clear line and exit 2; nothing half-written is left behind.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from genlib.config import ConfigError, load_config
+from genlib.data.build import BuildResult, CorpusExistsError, EmptyCorpusError, LocalMapper, build_corpus
+from genlib.data.corpus import open_corpus
+from genlib.data.recipe import CorpusRecipe
+from genlib.demo.faces import generate_demo_faces
+from genlib.distributed.build import RayMapper
+from genlib.distributed.render import run_render
+from genlib.distributed.train import run_training
+from genlib.pipeline import PipelineConfig, build_demo_corpus, run_pipeline
+from genlib.render.config import RenderConfig
+from genlib.render.kinds import KINDS
+from genlib.render.requests import load_requests, requests_from_inputs
+from genlib.train.config import TrainConfig
+from genlib.train.report import write_report
 
 EXIT_USAGE = 2
 
 
 class UserError(Exception):
     """A problem with the user's input: printed without a traceback."""
+
+
+# Errors a user can fix: one line on stderr, exit 2 (RequestError, CheckpointError are among them).
+USER_ERRORS = (UserError, ConfigError, FileNotFoundError, ValueError, CorpusExistsError, EmptyCorpusError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,16 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args) or 0
-    except (UserError, ConfigError, FileNotFoundError, ValueError) as exc:  # RequestError is a ValueError
+    except USER_ERRORS as exc:
         print(f"genlib: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except RuntimeError as exc:
-        from genlib.data.build import CorpusExistsError, EmptyCorpusError
-
-        if isinstance(exc, (CorpusExistsError, EmptyCorpusError)):
-            print(f"genlib: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,57 +122,35 @@ def _add_train(sub) -> None:
 
 
 def _add_render(sub) -> None:
-    render = sub.add_parser("render", help="batch style transfer / DeepDream / mask completion on Ray Data")
+    kinds = ", ".join(f"{k.name} ({k.summary})" for k in KINDS.values())
+    render = sub.add_parser("render", help="batch renders on Ray Data: " + kinds)
     render.add_argument("--requests", help="request table (.parquet/.csv/.jsonl): request_id, kind, input, params")
-    render.add_argument("--kind", choices=["style", "deepdream", "complete"], help="build requests on the fly")
+    render.add_argument("--kind", choices=list(KINDS), help="build requests on the fly")
     render.add_argument("--input", action="append", default=[], help="input image or folder (with --kind)")
     render.add_argument("--params", default="{}", help="JSON params for every on-the-fly request")
-    render.add_argument("--config", help="render config (TOML/YAML): a RenderConfig, see genlib/render/runner.py")
+    render.add_argument("--config", help="render config (TOML/YAML): a RenderConfig, see genlib/render/config.py")
     render.add_argument("--output", help="output folder or URI (overrides the config)")
     render.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     render.add_argument("--ray-address", default=None, help="Ray address (default: RAY_ADDRESS or embedded)")
     render.set_defaults(func=cmd_render)
 
 
-def cmd_render(args: argparse.Namespace) -> int:
-    from genlib.distributed.render import run_render
-    from genlib.render.manifest import load_requests
-    from genlib.render.runner import RenderConfig
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
+
+def cmd_render(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"output={_toml_str(args.output)}"] if args.output else [])
     config = load_config(RenderConfig, args.config, overrides)
     if bool(args.requests) == bool(args.kind):
         raise UserError("give either --requests FILE or --kind with --input")
-    requests = load_requests(args.requests) if args.requests else _requests_from_inputs(args)
+    requests = (load_requests(args.requests) if args.requests
+                else requests_from_inputs(args.kind, args.input, args.params))
     print(run_render(requests, config, address=args.ray_address))
     return 0
 
 
-def _requests_from_inputs(args: argparse.Namespace) -> list[dict]:
-    from genlib.render.manifest import normalise_requests
-
-    images = []
-    for item in args.input:
-        p = Path(item)
-        if p.is_dir():
-            images += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists() or "://" in item:
-            images.append(item)
-        else:
-            raise UserError(f"input not found: {item}")
-    if not images:
-        raise UserError("no input images (pass --input FILE_OR_FOLDER)")
-    rows = [{"request_id": f"{args.kind}-{Path(uri).stem}-{i:05d}", "kind": args.kind, "input": uri,
-             "params": args.params} for i, uri in enumerate(images)]
-    return normalise_requests(rows, "--input")
-
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-def load_train_config(args: argparse.Namespace):
-    from genlib.train.config import TrainConfig
-
+def load_train_config(args: argparse.Namespace) -> TrainConfig:
     overrides = list(args.overrides)
     if args.corpus:
         overrides.append(f"corpus={_toml_str(args.corpus)}")
@@ -170,15 +159,8 @@ def load_train_config(args: argparse.Namespace):
     return load_config(TrainConfig, args.config, overrides)
 
 
-def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from genlib.distributed.train import run_training
-
-    cfg = load_train_config(args)
-    outcome = run_training(cfg, resume=args.resume, address=args.ray_address)
+    outcome = run_training(load_train_config(args), resume=args.resume, address=args.ray_address)
     print(f"trained to step {outcome.step}: {outcome.run_dir}")
     print(f"checkpoint: {outcome.checkpoint}")
     print(f"report:     {outcome.report}")
@@ -186,8 +168,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from genlib.train.report import write_report
-
     if not Path(args.run_dir).is_dir():
         raise UserError(f"run folder not found: {args.run_dir}")
     print(write_report(args.run_dir))
@@ -195,16 +175,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
-    from genlib.data.build import LocalMapper, build_corpus
-    from genlib.data.recipe import CorpusRecipe
-
     recipe = load_config(CorpusRecipe, args.recipe, args.overrides)
-    if args.ray:
-        from genlib.distributed.build import RayMapper
-
-        mapper = RayMapper(address=args.ray_address)
-    else:
-        mapper = LocalMapper(args.workers)
+    mapper = RayMapper(address=args.ray_address) if args.ray else LocalMapper(args.workers)
     start = time.perf_counter()
     result = build_corpus(args.input, args.out, recipe, force=args.force, mapper=mapper,
                           progress=not args.quiet)
@@ -217,9 +189,6 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    from genlib.data.build import BuildResult
-    from genlib.data.corpus import open_corpus
-
     corpus = open_corpus(args.corpus)
     print(BuildResult(corpus.root, corpus.manifest).summary())
     print(f"  image {corpus.image_size}x{corpus.image_size}, palette "
@@ -228,8 +197,6 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def cmd_data_demo_raw(args: argparse.Namespace) -> int:
-    from genlib.data.demo import generate_demo_faces
-
     paths = generate_demo_faces(args.out, count=args.count, seed=args.seed)
     print(f"wrote {len(paths)} demo faces under {args.out}")
     return 0
@@ -237,53 +204,21 @@ def cmd_data_demo_raw(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The README's main command: everything from nothing, with no download."""
-    from genlib.pipeline import PipelineConfig, run_pipeline
-
     work = Path(args.workdir)
     if args.force:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
-    if not args.steps:  # corpus only
-        return _demo_corpus_only(work, args.count)
     cfg = PipelineConfig(workdir=str(work), count=args.count, steps=args.steps, train_workers=args.workers)
+    if not args.steps:  # corpus only
+        build_demo_corpus(cfg)
+        return 0
     run_pipeline(cfg)
     return 0
 
 
-def _demo_corpus_only(work: Path, count: int) -> int:
-    from genlib.config import from_dict
-    from genlib.data.build import build_corpus
-    from genlib.data.demo import generate_demo_faces
-    from genlib.data.recipe import CorpusRecipe
-
-    raw = work / "raw-faces"
-    if not raw.is_dir():
-        generate_demo_faces(raw, count=count)
-    result = build_corpus(raw, work / "corpus", from_dict(CorpusRecipe, DEMO_RECIPE), force=True)
-    print(result.summary())
-    print(f"\ncorpus:  {result.out_dir.resolve()}\npreview: {(result.out_dir / 'preview.png').resolve()}")
-    return 0
-
-
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from genlib.pipeline import PipelineConfig, run_pipeline
-
     overrides = list(args.overrides) + ([f"workdir={_toml_str(args.workdir)}"] if args.workdir else [])
     run_pipeline(load_config(PipelineConfig, args.config, overrides), address=args.ray_address)
     return 0
-
-
-# The demo corpus recipe (datasets/demo-faces.toml holds the same, for reading and `data build`).
-DEMO_RECIPE = {
-    "name": "demo-faces",
-    "recipe": "faces",
-    "size": 64,
-    "min_size": 32,
-    "val_fraction": 0.05,
-    "seed": 0,
-    "shards": {"max_count": 2000, "min_shards": 8},
-}
 
 
 if __name__ == "__main__":

@@ -10,11 +10,14 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
+import numbers
 import tomllib
 import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Iterable, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
 
@@ -190,24 +193,103 @@ def _type_error(key: str, expected: str, value: Any) -> ConfigError:
 
 def is_int(value: Any) -> bool:
     """A real integer (bool excluded: ``True`` is not a size)."""
-    import numbers
-
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_real(value: Any) -> bool:
     """A finite real number (bool excluded)."""
-    import math
-    import numbers
-
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_field(ok: bool, owner: str, name: str, message: str, *value: Any) -> None:
-    """Raise a ValueError naming ``owner.name`` (and the value, when given) unless ``ok``."""
-    if not ok:
-        got = f", got {value[0]!r}" if value else ""
-        raise ValueError(f"{owner}.{name}: {message}{got}")
+class Fields:
+    """Validation of a config or params dataclass, with one message form.
+
+    Use it in ``__post_init__``; every failed check raises ``ValueError`` naming the
+    class, the field and the offending value::
+
+        def __post_init__(self) -> None:
+            check = Fields(self)
+            check.integer("iterations", low=1)       # StyleParams.iterations: must be an integer >= 1, got 0
+            check.number("lr", above=0)              # ...: must be a finite number > 0, got -1.0
+            check.number("momentum", low=0, below=1)  # ...: must lie in [0, 1), got 1.5
+            check.choice("optimizer", ("lbfgs", "adam"))
+            check.require("window", self.window % 2 == 1, "must be odd")
+
+    Numbers accept ints and floats (not bools) and may be normalised to ``float`` with
+    ``as_float=True``; ``optional=True`` lets a field be None.
+    """
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        self.owner = type(obj).__name__
+
+    def fail(self, name: str, message: str, value: Any) -> None:
+        raise ValueError(f"{self.owner}.{name}: {message}, got {value!r}")
+
+    def require(self, name: str, ok: bool, message: str) -> None:
+        """Raise ``<Owner>.<name>: <message>, got <value>`` unless ``ok``."""
+        if not ok:
+            self.fail(name, message, getattr(self.obj, name))
+
+    def integer(self, name: str, low: int | None = None, high: int | None = None, *,
+                optional: bool = False) -> None:
+        """An int (not a bool) in ``[low, high]`` (either bound may be absent)."""
+        value = getattr(self.obj, name)
+        if optional and value is None:
+            return
+        ok = is_int(value) and (low is None or value >= low) and (high is None or value <= high)
+        if not ok:
+            self.fail(name, "must be an integer" + _bounds(low, high, None, None) + _or_none(optional), value)
+
+    def number(self, name: str, low: float | None = None, high: float | None = None, *,
+               above: float | None = None, below: float | None = None, optional: bool = False,
+               as_float: bool = False) -> None:
+        """A finite int or float with ``low <= v <= high``, ``v > above``, ``v < below``."""
+        value = getattr(self.obj, name)
+        if optional and value is None:
+            return
+        ok = (is_real(value) and (low is None or value >= low) and (high is None or value <= high)
+              and (above is None or value > above) and (below is None or value < below))
+        if not ok:
+            bounds = _bounds(low, high, above, below)
+            two_sided = bounds.startswith(" in ")
+            text = ("must lie" + bounds) if two_sided else ("must be a finite number" + bounds)
+            self.fail(name, text + _or_none(optional), value)
+        if as_float:
+            setattr(self.obj, name, float(value))
+
+    def choice(self, name: str, options: Iterable[Any]) -> None:
+        """One of ``options``."""
+        options = tuple(options)
+        value = getattr(self.obj, name)
+        if isinstance(value, bool) or value not in options:
+            self.fail(name, f"must be one of {', '.join(map(repr, options))}", value)
+
+    def boolean(self, name: str) -> None:
+        self.require(name, isinstance(getattr(self.obj, name), bool), "must be true or false")
+
+    def text(self, name: str, *, empty: bool = False) -> None:
+        """A string (non-empty unless ``empty``)."""
+        value = getattr(self.obj, name)
+        self.require(name, isinstance(value, str) and (empty or value.strip() != ""),
+                     "must be a string" if empty else "must be a non-empty string")
+
+
+def _bounds(low: Any, high: Any, above: Any, below: Any) -> str:
+    """" >= 1", " > 0", " in [0, 1)", ... for the messages of :class:`Fields`."""
+    lo = (f"[{low}" if low is not None else f"({above}") if (low is not None or above is not None) else None
+    hi = (f"{high}]" if high is not None else f"{below})") if (high is not None or below is not None) else None
+    if lo and hi:
+        return f" in {lo}, {hi}"
+    if lo:
+        return f" >= {low}" if low is not None else f" > {above}"
+    if hi:
+        return f" <= {high}" if high is not None else f" < {below}"
+    return ""
+
+
+def _or_none(optional: bool) -> str:
+    return " (or None)" if optional else ""
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -217,11 +299,9 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def config_hash(obj: Any) -> str:
     """Stable short hash of a config's content (key order independent)."""
-    import hashlib
-
     blob = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 __all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "config_hash", "read_config_file",
-           "parse_override", "check_field", "is_int", "is_real"]
+           "parse_override", "Fields", "is_int", "is_real"]

@@ -15,10 +15,25 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
-from genlib.config import from_dict
+from genlib.config import Fields, from_dict
+from genlib.data.build import build_corpus
+from genlib.data.corpus import open_corpus
+from genlib.data.recipe import CorpusRecipe
+from genlib.demo.assets import DEMO_RECIPE, paint_canvas
+from genlib.demo.faces import generate_demo_faces
+from genlib.distributed.render import run_render
+from genlib.distributed.runtime import ray_session
+from genlib.distributed.train import TrainOutcome, run_training
+from genlib.render.backbones import BACKBONES
+from genlib.render.config import BackboneChoice, RenderConfig
+from genlib.render.completion import CompletionSettings
+from genlib.render.manifest import read_manifest
+from genlib.render.requests import normalise_requests
+from genlib.storage import Storage
+from genlib.train.config import TrainConfig
+from genlib.train.rundir import read_metrics
 
 
 @dataclass
@@ -46,11 +61,19 @@ class PipelineConfig:
     """Feature network for style/DeepDream (vgg19 / inception_v3 need their torchvision weights cached)."""
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check = Fields(self)
+        check.text("workdir")
+        for name in ("count", "train_workers", "batch_size", "render_actors", "style_iterations"):
+            check.integer(name, low=1)
+        for name in ("steps", "completions", "styles", "dreams", "seed"):
+            check.integer(name, low=0)
+        check.number("lr", above=0)
+        check.choice("backbone", BACKBONES)
+
 
 def run_pipeline(cfg: PipelineConfig, address: str | None = None) -> Path:
     """Run every stage on one Ray (embedded unless ``address``/``RAY_ADDRESS``); returns report.html."""
-    from genlib.distributed.runtime import ray_session
-
     work = Path(cfg.workdir).resolve()
     with ray_session(address):  # one Ray for every stage
         corpus = _stage_corpus(cfg, work)
@@ -61,12 +84,14 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None) -> Path:
     return page
 
 
-def _stage_corpus(cfg: PipelineConfig, work: Path) -> Path:
-    from genlib.cli import DEMO_RECIPE
-    from genlib.data.build import build_corpus
-    from genlib.data.demo import generate_demo_faces
-    from genlib.data.recipe import CorpusRecipe
+def build_demo_corpus(cfg: PipelineConfig) -> Path:
+    """Only the corpus stage (``genlib demo --steps 0``); returns the corpus folder."""
+    corpus = _stage_corpus(cfg, Path(cfg.workdir).resolve())
+    print(f"\ncorpus:  {corpus}\npreview: {corpus / 'preview.png'}")
+    return corpus
 
+
+def _stage_corpus(cfg: PipelineConfig, work: Path) -> Path:
     raw = Path(cfg.input) if cfg.input else work / "raw-faces"
     if not cfg.input and not raw.is_dir():
         paths = generate_demo_faces(raw, count=cfg.count, seed=cfg.seed)
@@ -77,11 +102,7 @@ def _stage_corpus(cfg: PipelineConfig, work: Path) -> Path:
     return result.out_dir
 
 
-def _stage_train(cfg: PipelineConfig, work: Path, corpus: Path):
-    from genlib.distributed.train import run_training
-    from genlib.storage import Storage
-    from genlib.train.config import TrainConfig
-
+def _stage_train(cfg: PipelineConfig, work: Path, corpus: Path) -> TrainOutcome:
     every = max(10, cfg.steps // 4)
     train = from_dict(TrainConfig, {
         "corpus": str(corpus), "storage_path": str(work / "runs"), "name": "dcgan", "steps": cfg.steps,
@@ -94,23 +115,17 @@ def _stage_train(cfg: PipelineConfig, work: Path, corpus: Path):
     return run_training(train, resume=resume)
 
 
-def _stage_render(cfg: PipelineConfig, work: Path, corpus: Path, run):
-    from genlib.distributed.render import run_render
-    from genlib.render.manifest import normalise_requests
-    from genlib.render.runner import BackboneChoice, RenderConfig
-
+def _stage_render(cfg: PipelineConfig, work: Path, corpus: Path, run: TrainOutcome):
     requests = normalise_requests(demo_requests(cfg, work, corpus))
     config = RenderConfig(output=str(work / "renders"), actors=cfg.render_actors, cpus_per_actor=0.5,
                           style=BackboneChoice(cfg.backbone), deepdream=BackboneChoice(cfg.backbone),
-                          completion_checkpoint=run.run_dir)
+                          complete=CompletionSettings(checkpoint=run.run_dir))
     print(f"[4/4] rendering {len(requests)} requests on {cfg.render_actors} actors")
     return run_render(requests, config, progress=False)
 
 
 def demo_requests(cfg: PipelineConfig, work: Path, corpus: Path) -> list[dict]:
     """Mask completions of validation faces, plus style transfer and DeepDream of faces."""
-    from genlib.data.corpus import open_corpus
-
     index = open_corpus(corpus).index().to_pylist()
     val = [r for r in index if r["split"] == "val"] or index
     train = [r for r in index if r["split"] == "train"]
@@ -130,30 +145,11 @@ def demo_requests(cfg: PipelineConfig, work: Path, corpus: Path) -> list[dict]:
     return rows
 
 
-def paint_canvas(size: int, seed: int = 0) -> np.ndarray:
-    """A procedurally painted canvas of swirling brush strokes (the demo's style image)."""
-    rng = np.random.default_rng(seed)
-    palette = [(22, 45, 110), (240, 200, 60), (70, 120, 190), (250, 240, 200), (30, 90, 70), (200, 80, 40)]
-    im = Image.new("RGB", (size, size), palette[0])
-    draw = ImageDraw.Draw(im)
-    for _ in range(900):
-        x, y = rng.uniform(0, size, 2)
-        angle = np.arctan2(y - size / 2, x - size / 2) + np.pi / 2 + rng.normal(0, 0.3)  # swirl around the centre
-        length, width = rng.uniform(6, 22), int(rng.integers(2, 6))
-        colour = palette[int(rng.integers(len(palette)))]
-        draw.line([(x, y), (x + length * np.cos(angle), y + length * np.sin(angle))], fill=colour, width=width)
-    return np.asarray(im.filter(ImageFilter.SMOOTH))
-
-
 # ---------------------------------------------------------------------------- one-page report
 
 
 def write_site(work: Path, corpus: Path, run_dir: Path, renders: Path) -> Path:
     """``work/report.html``: corpus sample, training curves and samples, render gallery."""
-    from genlib.data.corpus import open_corpus
-    from genlib.render.manifest import read_manifest
-    from genlib.train.rundir import read_metrics
-
     rel = lambda p: html.escape(Path(p).relative_to(work).as_posix())  # noqa: E731
     manifest = json.dumps({k: v for k, v in open_corpus(corpus).manifest.items()
                            if k in ("name", "corpus_id", "accepted", "rejected", "counts")})

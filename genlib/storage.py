@@ -10,10 +10,29 @@ into a run folder goes through :class:`Storage`, backed by ``pyarrow.fs``
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import posixpath
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow.fs as pafs
+
+
+CHUNK = 1 << 20  # bytes per read when hashing or copying streams
+
+
+def sha256_stream(stream: BinaryIO) -> str:
+    """Hex sha256 of everything left in a binary stream, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    for block in iter(lambda: stream.read(CHUNK), b""):
+        h.update(block)
+    return h.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a local file, read in chunks (never the whole file in memory)."""
+    with open(path, "rb") as f:
+        return sha256_stream(f)
 
 
 def is_uri(path: str) -> bool:
@@ -79,13 +98,26 @@ class Storage:
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode()
 
+    def open(self, rel: str):
+        """A seekable binary file object for reading (use as a context manager)."""
+        return self.fs.open_input_file(self._path(rel))
+
+    def size(self, rel: str) -> int:
+        return self.fs.get_file_info(self._path(rel)).size
+
     def delete(self, rel: str) -> None:
         if self.is_file(rel):
             self.fs.delete_file(self._path(rel))
 
     def glob(self, rel_dir: str, pattern: str) -> list[str]:
         """Sorted relative paths of files in ``rel_dir`` matching ``pattern``."""
+        return self._entries(rel_dir, pattern, pafs.FileType.File)
+
+    def list_dirs(self, rel_dir: str, pattern: str = "*") -> list[str]:
+        """Sorted relative paths of the folders in ``rel_dir`` matching ``pattern``."""
+        return self._entries(rel_dir, pattern, pafs.FileType.Directory)
+
+    def _entries(self, rel_dir: str, pattern: str, kind: pafs.FileType) -> list[str]:
         selector = pafs.FileSelector(self._path(rel_dir), allow_not_found=True)
-        names = [posixpath.basename(i.path) for i in self.fs.get_file_info(selector)
-                 if i.type == pafs.FileType.File]
+        names = [posixpath.basename(i.path) for i in self.fs.get_file_info(selector) if i.type == kind]
         return sorted(posixpath.join(rel_dir, n) for n in names if fnmatch.fnmatch(n, pattern))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from genlib.data.build import LocalMapper, build_corpus
-from genlib.data.demo import generate_demo_faces
+from genlib.demo.faces import generate_demo_faces
 from genlib.data.recipe import CorpusRecipe, ShardConfig
 
 ROOT = Path(__file__).resolve().parents[1]

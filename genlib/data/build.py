@@ -39,7 +39,9 @@ from genlib.data import palette as pal
 from genlib.data import schema
 from genlib.data.process import Processed, process_chunk
 from genlib.data.recipe import CorpusRecipe
+from genlib.images import encode_png, image_grid
 from genlib.data.sources import RawItem, iter_items, read_boxes
+from genlib.storage import sha256_file
 
 CHUNK = 64  # raw items per unit of parallel work
 
@@ -168,7 +170,7 @@ def _up_to_date(out_dir: Path, manifest: dict, fingerprint: dict) -> bool:
         return False
     for shard in manifest["shards"]:
         path = out_dir / shard["file"]
-        if not path.is_file() or path.stat().st_size != shard["bytes"] or _sha256_file(path) != shard["sha256"]:
+        if not path.is_file() or path.stat().st_size != shard["bytes"] or sha256_file(path) != shard["sha256"]:
             return False
     return all((out_dir / name).is_file() for name in (schema.INDEX, schema.REJECTS))
 
@@ -198,14 +200,6 @@ def _process_all(items: list[RawItem], recipe: CorpusRecipe, mapper: Mapper, pro
             bar.set_postfix(rejected=sum(r.reason is not None for r in results), refresh=False)
     results.sort(key=lambda r: r.source)
     return results
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- write
@@ -337,7 +331,7 @@ def _write_shards(tmp: Path, recipe: CorpusRecipe, splits: dict[str, list[Proces
         for name in sorted(counts):
             path = tmp / name
             shards.append({"file": name, "split": split, "count": counts[name],
-                           "bytes": path.stat().st_size, "sha256": _sha256_file(path)})
+                           "bytes": path.stat().st_size, "sha256": sha256_file(path)})
     return shards, shard_of
 
 
@@ -347,9 +341,7 @@ def _sample(r: Processed, split: str, palette: np.ndarray | None) -> dict:
               schema.META_EXT: schema.sidecar(key, r.source, r.sha256, r.width, r.height, r.label, split)}
     if palette is not None:
         idx = pal.quantize(_decode_rgb(r.png), palette)
-        buf = io.BytesIO()
-        Image.fromarray(idx, mode="L").save(buf, format="PNG", compress_level=6)
-        sample[schema.INDEX_EXT] = buf.getvalue()
+        sample[schema.INDEX_EXT] = encode_png(Image.fromarray(idx, mode="L"))
     return sample
 
 
@@ -378,18 +370,6 @@ def _write_previews(tmp: Path, samples: list[Processed], palette: np.ndarray | N
     if palette is not None:
         swatches = np.repeat(np.repeat(palette[None, :, :], 16, axis=0), 8, axis=1)
         Image.fromarray(swatches.astype(np.uint8)).save(tmp / schema.PALETTE_PNG)
-
-
-def image_grid(images: list[np.ndarray], columns: int, pad: int = 2) -> np.ndarray:
-    """Tile equally sized [H, W, 3] uint8 images into one grid with white gutters."""
-    h, w, _ = images[0].shape
-    rows = math.ceil(len(images) / columns)
-    cols = min(columns, len(images))
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    for i, im in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = im
-    return grid
 
 
 def _manifest(input_path: Path, recipe: CorpusRecipe, fingerprint: dict, splits: dict[str, list[Processed]],

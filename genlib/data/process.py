@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from genlib.data.recipe import CorpusRecipe
+from genlib.images import encode_png
 from genlib.data.sources import RawItem
 
 RESAMPLE = {
@@ -160,13 +161,6 @@ def content_bbox(image: Image.Image, alpha_threshold: int) -> tuple[int, int, in
         return None
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def encode_png(image: Image.Image) -> bytes:
-    """PNG bytes with fixed options (no metadata): identical pixels -> identical bytes."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
 
 
 def _label(source: str, recipe: CorpusRecipe) -> str | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from genlib.config import Fields, is_int
+
 Resample = Literal["lanczos", "bicubic", "bilinear", "box", "nearest"]
 
 
@@ -26,12 +28,11 @@ class PaletteConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.colors != 0 and not 2 <= self.colors <= 256:
-            raise ValueError(f"palette.colors must be 0 (off) or in 2..256, got {self.colors}")
-        if self.sample_pixels < 1000:
-            raise ValueError(f"palette.sample_pixels must be >= 1000, got {self.sample_pixels}")
-        if self.iterations < 1:
-            raise ValueError(f"palette.iterations must be >= 1, got {self.iterations}")
+        check = Fields(self)
+        check.require("colors", is_int(self.colors) and (self.colors == 0 or 2 <= self.colors <= 256),
+                      "must be 0 (off) or an integer in [2, 256]")
+        check.integer("sample_pixels", low=1000)
+        check.integer("iterations", low=1)
 
 
 @dataclass
@@ -47,9 +48,9 @@ class ShardConfig:
     DDP ranks x DataLoader workers can each own whole shards."""
 
     def __post_init__(self) -> None:
+        check = Fields(self)
         for name in ("max_count", "max_bytes", "min_shards"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"shards.{name} must be >= 1, got {getattr(self, name)}")
+            check.integer(name, low=1)
 
 
 @dataclass
@@ -88,26 +89,23 @@ class CorpusRecipe:
     shards: ShardConfig = field(default_factory=ShardConfig)
 
     def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in "/\\ .%"):
-            raise ValueError(f"name must be non-empty without '/', '\\', ' ', '.', '%': {self.name!r}")
-        if not 8 <= self.size <= 1024:
-            raise ValueError(f"size must be in 8..1024, got {self.size}")
-        if self.min_size < 1:
-            raise ValueError(f"min_size must be >= 1, got {self.min_size}")
-        if self.crop is not None and self.crop < 1:
-            raise ValueError(f"crop must be >= 1 or unset, got {self.crop}")
-        if self.box_file is not None and self.recipe != "faces":
-            raise ValueError("box_file only applies to recipe = 'faces'")
-        if self.box_scale <= 0:
-            raise ValueError(f"box_scale must be > 0, got {self.box_scale}")
-        if not all(0 <= c <= 255 for c in self.background):
-            raise ValueError(f"background must be three values in 0..255, got {self.background}")
-        if not 0 <= self.margin < 1:
-            raise ValueError(f"margin must be in [0, 1), got {self.margin}")
-        if not 0 <= self.alpha_threshold < 255:
-            raise ValueError(f"alpha_threshold must be in 0..254, got {self.alpha_threshold}")
+        check = Fields(self)
+        check.text("name")
+        check.require("name", not any(c in self.name for c in "/\\ .%"),
+                      "must not contain '/', '\\', ' ', '.' or '%'")
+        check.integer("size", low=8, high=1024)
+        check.integer("min_size", low=1)
+        check.integer("crop", low=1, optional=True)
+        check.require("box_file", self.box_file is None or self.recipe == "faces",
+                      "only applies to recipe = 'faces'")
+        check.number("box_scale", above=0)
+        bg = self.background
+        check.require("background", isinstance(bg, (tuple, list)) and len(bg) == 3
+                      and all(is_int(c) and 0 <= c <= 255 for c in bg), "must be three integers in [0, 255]")
+        check.number("margin", low=0, below=1)
+        check.integer("alpha_threshold", low=0, high=254)
         for name in ("val_fraction", "test_fraction"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("val_fraction + test_fraction must leave some training data")
+            check.number(name, low=0, below=1)
+        total = self.val_fraction + self.test_fraction
+        check.require("test_fraction", total < 1,
+                      f"must leave some training data (val_fraction + test_fraction = {total:g} >= 1)")

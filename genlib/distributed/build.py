@@ -7,6 +7,7 @@ from typing import Callable, Iterable, Iterator
 
 from genlib.data.process import Processed
 from genlib.data.sources import RawItem
+from genlib.distributed.runtime import ray_session
 
 
 class RayMapper:
@@ -27,9 +28,7 @@ class RayMapper:
 
     def map_chunks(self, fn: Callable[[list[RawItem]], list[Processed]],
                    chunks: Iterable[list[RawItem]]) -> Iterator[list[Processed]]:
-        import ray
-
-        from genlib.distributed.runtime import ray_session
+        import ray  # lazy: heavy, and local builds never need it
 
         with ray_session(self.address):
             remote = ray.remote(num_cpus=self.num_cpus, max_retries=3)(_call)

@@ -19,8 +19,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from genlib.config import from_dict, to_dict
+from genlib.distributed.runtime import ray_session
+from genlib.render.config import RenderConfig
+from genlib.render.gallery import write_gallery
 from genlib.render.manifest import is_done, read_manifest, write_manifest_part
-from genlib.render.runner import RenderConfig, RenderRunner
+from genlib.render.runner import RenderRunner
 from genlib.storage import Storage
 
 
@@ -43,8 +47,6 @@ class _RenderActor:
     """Ray Data actor: one RenderRunner per actor; ``__call__`` renders a batch of rows."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from genlib.config import from_dict
-
         self.runner = RenderRunner(from_dict(RenderConfig, config))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -66,9 +68,6 @@ _RESULT_KEYS = ("request_id", "kind", "input_uri", "input_sha256", "params", "pa
 def run_render(requests: list[dict[str, Any]], config: RenderConfig, address: str | None = None,
                progress: bool = True) -> RenderSummary:
     """Render every request not already done into ``config.output``."""
-    from genlib.config import to_dict
-    from genlib.render.gallery import write_gallery
-
     start = time.perf_counter()
     storage = Storage(config.output)
     done = read_manifest(config.output)
@@ -85,10 +84,8 @@ def run_render(requests: list[dict[str, Any]], config: RenderConfig, address: st
 
 def _fan_out(todo: list[dict], config_dict: dict, config: RenderConfig, address: str | None, progress: bool):
     """Yield lists of manifest rows as they finish, after appending each to the manifest."""
-    import ray
+    import ray  # lazy: heavy, and a run with nothing to do never needs it
     from ray.data import ActorPoolStrategy, DataContext
-
-    from genlib.distributed.runtime import ray_session
 
     with ray_session(address):
         DataContext.get_current().enable_progress_bars = progress

@@ -11,7 +11,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """``address=None``: join the cluster named by ``RAY_ADDRESS`` (set by
     ``ray job submit``) if any, else start an embedded local Ray. Returns True
     when this call started Ray (so the caller may shut it down)."""
-    import ray
+    import ray  # lazy: importing ray costs seconds; callers import this module without using Ray
 
     if ray.is_initialized():
         return False
@@ -33,6 +33,6 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         if started:
-            import ray
+            import ray  # lazy, as in init_ray
 
             ray.shutdown()

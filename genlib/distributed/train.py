@@ -31,13 +31,15 @@ import torch
 from genlib.config import ConfigError, from_dict, to_dict
 from genlib.data.corpus import open_corpus
 from genlib.data.loader import batches_per_worker, make_loader
+from genlib.distributed.runtime import ray_session
 from genlib.models.base import Family
 from genlib.models.registry import build_family, resolve_model_config, spec
 from genlib.storage import Storage, absolute, join
+from genlib.train.checkpoint import load_checkpoint, save_state
 from genlib.train.config import TrainConfig
+from genlib.train.report import write_report
 from genlib.train.rundir import RunDir
 
-STATE_FILE = "state.pt"
 FAIL_MARKER = ".fail_at_step.done"
 
 
@@ -84,11 +86,8 @@ def prepare_run(cfg: TrainConfig, resume: str | None = None) -> tuple[TrainConfi
 
 def run_training(cfg: TrainConfig, resume: str | None = None, address: str | None = None) -> TrainOutcome:
     """Train on the local embedded Ray (default) or the cluster at ``address``/``RAY_ADDRESS``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # lazy: heavy
     from ray.train.torch import TorchTrainer
-
-    from genlib.distributed.runtime import ray_session
-    from genlib.train.report import write_report
 
     cfg, run_dir, info = prepare_run(cfg, resume)
     if not resume:
@@ -115,7 +114,7 @@ def run_training(cfg: TrainConfig, resume: str | None = None, address: str | Non
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
+    import ray.train  # lazy: heavy; this module is imported by drivers that may never start Ray
     import ray.train.torch
 
     cfg = from_dict(TrainConfig, config["train"])
@@ -216,11 +215,12 @@ class _Loop:
 
     def _checkpoint(self, step: int, row: dict) -> None:
         """Barrier: every rank reports at the same steps; only rank 0 attaches the checkpoint."""
-        import ray.train
+        import ray.train  # lazy: heavy (see train_loop_per_worker)
 
         if self.rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                save_state(self.family, step, self.cfg, self.corpus.corpus_id, Path(tmp))
+                save_state(self.family, step, to_dict(self.cfg), self.corpus.corpus_id,
+                           _jsonable(getattr(self.family, "config", None)), tmp)
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(row, checkpoint=None)
@@ -277,31 +277,14 @@ def _print_progress(row: dict[str, Any], steps: int) -> None:
 # ============================================================================ checkpoints
 
 
-def save_state(family: Family, step: int, cfg: TrainConfig, corpus_id: str, folder: Path) -> Path:
-    """Everything needed to resume or to load the model elsewhere (renderers)."""
-    path = folder / STATE_FILE
-    torch.save({"family": family.state_dict(), "step": step, "train": to_dict(cfg), "corpus_id": corpus_id,
-                "model_config": _jsonable(getattr(family, "config", None))}, path)
-    return path
-
-
 def restore(family: Family, checkpoint) -> int:
     """Load a Ray checkpoint into ``family``; returns the step to continue from (0 if none)."""
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / STATE_FILE, map_location=family.device, weights_only=False)
-    family.load_state_dict(state["family"])
-    return int(state["step"])
-
-
-def load_state(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint folder (or its state.pt) written by a training run."""
-    p = Path(path)
-    p = p / STATE_FILE if p.is_dir() else p
-    if not p.is_file():
-        raise FileNotFoundError(f"no {STATE_FILE} in {path}: not a genlib training checkpoint")
-    return torch.load(p, map_location="cpu", weights_only=False)
+        loaded = load_checkpoint(folder)
+    family.load_state_dict(loaded.state["family"])
+    return loaded.step
 
 
 def _jsonable(obj: Any) -> Any:

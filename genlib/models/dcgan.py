@@ -34,13 +34,13 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Literal
+from typing import Iterable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlib.config import check_field, is_int, is_real
+from genlib.config import Fields
 from genlib.models.base import Batch, Family, Metrics, unwrap, upcast
 
 __all__ = ["IMAGE_SIZES", "Z_DISTS", "DCGANConfig", "Generator", "Discriminator", "DCGAN",
@@ -54,13 +54,6 @@ EVAL_SEED = 0  # evaluate() draws its z from this seed: repeated calls agree
 # --------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------
-def _check(ok: bool, name: str, value: Any, message: str) -> None:
-    check_field(ok, "DCGANConfig", name, message, value)
-
-
-_is_int, _is_real = is_int, is_real
-
-
 @dataclass
 class DCGANConfig:
     """Hyper-parameters of a DCGAN (defaults follow the paper)."""
@@ -85,16 +78,15 @@ class DCGANConfig:
     """Adam beta2."""
 
     def __post_init__(self) -> None:
-        _check(self.image_size in IMAGE_SIZES and _is_int(self.image_size), "image_size",
-               self.image_size, f"must be one of {IMAGE_SIZES}")
+        check = Fields(self)
+        check.integer("image_size")
+        check.choice("image_size", IMAGE_SIZES)
         for name in ("nc", "nz", "ngf", "ndf"):
-            value = getattr(self, name)
-            _check(_is_int(value) and value > 0, name, value, "must be a positive integer")
-        _check(self.z_dist in Z_DISTS, "z_dist", self.z_dist, f"must be one of {Z_DISTS}")
-        _check(_is_real(self.lr) and self.lr > 0, "lr", self.lr, "must be a finite number > 0")
+            check.integer(name, low=1)
+        check.choice("z_dist", Z_DISTS)
+        check.number("lr", above=0)
         for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            _check(_is_real(value) and 0 <= value < 1, name, value, "must lie in [0, 1)")
+            check.number(name, low=0, below=1)
 
 
 # --------------------------------------------------------------------------

@@ -31,7 +31,6 @@ the final 1x1 logit layer. Cross-entropies are taken on fp32 logits.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Any, Iterable
@@ -41,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlib.config import check_field, is_int
+from genlib.config import Fields, is_int
 from genlib.models.base import (
     Batch,
     Family,
@@ -69,24 +68,20 @@ VARIANTS = ("row_lstm", "pixelcnn")
 # --------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------
-_is_int = is_int
-
-
-def _check(ok: bool, name: str, message: str) -> None:
-    check_field(ok, "PixelRNNConfig", name, message)
-
-
-def _palette_list(palette: Any) -> list[list[int]]:
-    """Normalise a ``[K, 3]`` RGB palette (list / numpy / tensor) to lists."""
+def _palette_list(palette: Any, check: Fields) -> list[list[int]]:
+    """Normalise a ``[K, 3]`` RGB palette (list / numpy / tensor) to lists;
+    errors are raised through ``check`` (``PixelRNNConfig.palette: ...``)."""
     if isinstance(palette, torch.Tensor):
         palette = palette.detach().cpu().numpy()
     arr = np.asarray(palette)
-    _check(arr.ndim == 2 and arr.shape[1] == 3, "palette",
-           f"expected shape [K, 3], got {tuple(arr.shape)}")
-    _check(arr.size > 0 and np.all(arr == np.round(arr)), "palette",
-           "values must be integers")
-    _check(bool(np.all((arr >= 0) & (arr <= 255))), "palette",
-           "values must lie in [0, 255]")
+    if not (arr.ndim == 2 and arr.shape[1] == 3 and arr.size > 0):
+        check.fail("palette", "must have shape [K, 3] with K >= 1", tuple(arr.shape))
+    whole = arr == np.round(arr)
+    if not np.all(whole):
+        check.fail("palette", "values must be integers", arr[~whole].tolist()[0])
+    inside = (arr >= 0) & (arr <= 255)
+    if not np.all(inside):
+        check.fail("palette", "values must lie in [0, 255]", arr[~inside].tolist()[0])
     return arr.astype(np.int64).tolist()
 
 
@@ -125,27 +120,22 @@ class PixelRNNConfig:
     palette: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
-        _check(self.variant in VARIANTS, "variant",
-               f"must be one of {VARIANTS}, got {self.variant!r}")
+        check = Fields(self)
+        check.choice("variant", VARIANTS)
         minimums = {"num_colors": 2, "height": 1, "width": 1, "hidden": 1,
                     "layers": 1, "embed": 1, "first_kernel": 3, "row_kernel": 1}
         for name, low in minimums.items():
-            value = getattr(self, name)
-            _check(_is_int(value) and value >= low, name,
-                   f"must be an integer >= {low}, got {value!r}")
+            check.integer(name, low=low)
         for name in ("first_kernel", "row_kernel"):
-            _check(getattr(self, name) % 2 == 1, name, "must be odd")
-        _check(isinstance(self.lr, Real) and not isinstance(self.lr, bool)
-               and math.isfinite(self.lr) and self.lr > 0, "lr",
-               f"must be a finite number > 0, got {self.lr!r}")
-        clip = self.grad_clip
-        _check(clip is None or (isinstance(clip, Real) and not isinstance(clip, bool)
-                                and clip > 0), "grad_clip",
-               f"must be None or a number > 0, got {clip!r}")
+            check.require(name, getattr(self, name) % 2 == 1, "must be odd")
+        check.number("lr", above=0)
+        clip = self.grad_clip  # inf is allowed (no clipping, norm still reported): not Fields.number
+        check.require("grad_clip", clip is None or (isinstance(clip, Real) and not isinstance(clip, bool)
+                                                    and clip > 0), "must be a number > 0 (or None)")
         if self.palette is not None:
-            self.palette = _palette_list(self.palette)
-            _check(len(self.palette) == self.num_colors, "palette",
-                   f"has {len(self.palette)} colours but num_colors={self.num_colors}")
+            self.palette = _palette_list(self.palette, check)
+            if len(self.palette) != self.num_colors:
+                check.fail("palette", f"must have num_colors = {self.num_colors} colours", len(self.palette))
 
 
 # --------------------------------------------------------------------------
@@ -330,7 +320,7 @@ class PixelRNN(Family):
         elif isinstance(config, dict):
             config = PixelRNNConfig(**config)
         if palette is not None:
-            config = replace(config, palette=_palette_list(palette))  # re-validates
+            config = replace(config, palette=palette)  # __post_init__ normalises and validates it
         self.config = config
         self.net: nn.Module = PixelRNNNet(config).to(self.device)
         self.networks = {"net": self.net}
@@ -446,7 +436,7 @@ class PixelRNN(Family):
         ``given`` and conditioned on. Costs up to ``H * W`` forward passes of
         the unwrapped network (no collectives, safe on a single rank).
         """
-        if not _is_int(n) or n < 0:
+        if not is_int(n) or n < 0:
             raise ValueError(f"n must be an integer >= 0, got {n!r}")
         if not (isinstance(temperature, Real) and temperature >= 0):
             raise ValueError(f"temperature must be >= 0, got {temperature!r}")

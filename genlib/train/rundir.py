@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from genlib.data.build import image_grid
+from genlib.images import encode_png, image_grid, upscale_nearest
 from genlib.storage import Storage
 
 RUN_JSON = "run.json"
@@ -84,13 +83,9 @@ def grid_png(images: torch.Tensor, columns: int | None = None, scale: int = 0) -
     tiles = to_uint8(images)
     columns = columns or int(np.ceil(np.sqrt(len(tiles))))
     grid = image_grid(tiles, columns=columns)
-    scale = scale or max(1, 512 // grid.shape[1])
-    im = Image.fromarray(grid)
-    if scale > 1:
-        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+    if scale:
+        return encode_png(upscale_nearest(grid, grid.shape[1] * scale))
+    return encode_png(upscale_nearest(grid, 512))
 
 
 def read_metrics(root: str | Path | Storage) -> list[dict[str, Any]]:

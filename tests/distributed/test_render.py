@@ -14,8 +14,11 @@ import torch
 from PIL import Image
 
 from genlib.models.dcgan import DCGAN, DCGANConfig
-from genlib.render.manifest import normalise_requests, read_manifest
-from genlib.render.runner import BackboneChoice, RenderConfig, RenderRunner
+from genlib.render.manifest import read_manifest
+from genlib.render.requests import normalise_requests
+from genlib.render.completion import CompletionSettings
+from genlib.render.config import BackboneChoice, RenderConfig
+from genlib.render.runner import RenderRunner
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -66,7 +69,7 @@ def config(tmp_path: Path, checkpoint: str, **kw) -> RenderConfig:
     return RenderConfig(output=str(tmp_path / "out"), actors=2, cpus_per_actor=0.5, batch_size=2,
                         style=BackboneChoice("vgg19", "none"),
                         deepdream=BackboneChoice("efficientnet_lite0", "default"),
-                        completion_checkpoint=checkpoint, **kw)
+                        complete=CompletionSettings(checkpoint), **kw)
 
 
 def test_twenty_rows_two_actors_rerun_and_a_corrupt_input(inputs, checkpoint, tmp_path, local_ray):

@@ -14,7 +14,8 @@ import torch
 
 from genlib.config import ConfigError, from_dict
 from genlib.data.recipe import PaletteConfig, ShardConfig
-from genlib.distributed.train import FAIL_MARKER, load_state, prepare_run, run_training
+from genlib.distributed.train import FAIL_MARKER, prepare_run, run_training
+from genlib.train.checkpoint import load_checkpoint
 from genlib.train.config import TrainConfig
 from tests.conftest import build, faces_recipe
 
@@ -37,7 +38,7 @@ def metric_rows(run_dir) -> list[dict]:
 
 
 def final_state(outcome) -> dict:
-    return load_state(outcome.checkpoint)
+    return load_checkpoint(outcome.checkpoint).state
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -135,7 +136,7 @@ def test_bad_runs_fail_before_any_worker_starts(faces_corpus, tmp_path):
         prepare_run(from_dict(TrainConfig, {**ok, "model": {"family": "pixelrnn"}}))
     with pytest.raises(ConfigError, match=r"model.image_size = 64 does not match corpus"):
         prepare_run(from_dict(TrainConfig, {**ok, "model": {"family": "dcgan", "image_size": 64}}))
-    with pytest.raises(ConfigError, match="model: DCGANConfig.ngf: must be a positive integer, got -1"):
+    with pytest.raises(ConfigError, match="model: DCGANConfig.ngf: must be an integer >= 1, got -1"):
         prepare_run(from_dict(TrainConfig, {**ok, "model": {"family": "dcgan", "ngf": -1}}))
     with pytest.raises(FileNotFoundError, match="corpus not found"):
         prepare_run(from_dict(TrainConfig, {**ok, "corpus": str(tmp_path / "missing")}))
@@ -148,5 +149,5 @@ def test_bad_runs_fail_before_any_worker_starts(faces_corpus, tmp_path):
         prepare_run(from_dict(TrainConfig, {**ok, "name": "taken"}))
     with pytest.raises(ConfigError, match="not a genlib run folder"):
         prepare_run(from_dict(TrainConfig, ok), resume=str(tmp_path / "taken"))
-    with pytest.raises(ConfigError, match="batch_size 9 must be divisible by num_workers 2"):
+    with pytest.raises(ConfigError, match="TrainConfig.batch_size: must be divisible by num_workers = 2, got 9"):
         from_dict(TrainConfig, {**ok, "batch_size": 9, "num_workers": 2})

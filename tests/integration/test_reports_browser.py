@@ -19,7 +19,8 @@ from PIL import Image
 
 from genlib.pipeline import write_site
 from genlib.render.gallery import write_gallery
-from genlib.render.manifest import normalise_requests, write_manifest_part
+from genlib.render.manifest import write_manifest_part
+from genlib.render.requests import normalise_requests
 from genlib.train.report import write_report
 from genlib.train.rundir import RunDir
 from tests.conftest import build, faces_recipe

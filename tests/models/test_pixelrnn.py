@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -173,15 +174,36 @@ def test_state_dict_round_trip(variant):
     assert fam.train_step(batch)["loss"] == pytest.approx(other.train_step(batch)["loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("variant", "gated"), ("num_colors", 1), ("height", 0), ("width", -2),
-    ("hidden", 0), ("layers", 0), ("embed", 0), ("first_kernel", 4),
-    ("first_kernel", 1), ("row_kernel", 2), ("lr", 0.0), ("grad_clip", -1.0),
-    ("palette", [[0, 0, 0]]), ("palette", [[0, 0, 300]] * K), ("height", True),
+@pytest.mark.parametrize("field,value,message", [
+    ("variant", "gated", "must be one of 'row_lstm', 'pixelcnn', got 'gated'"),
+    ("num_colors", 1, "must be an integer >= 2, got 1"),
+    ("height", 0, "must be an integer >= 1, got 0"),
+    ("width", -2, "must be an integer >= 1, got -2"),
+    ("hidden", 0, "must be an integer >= 1, got 0"),
+    ("layers", 0, "must be an integer >= 1, got 0"),
+    ("embed", 0, "must be an integer >= 1, got 0"),
+    ("first_kernel", 4, "must be odd, got 4"),
+    ("first_kernel", 1, "must be an integer >= 3, got 1"),
+    ("row_kernel", 2, "must be odd, got 2"),
+    ("lr", 0.0, "must be a finite number > 0, got 0.0"),
+    ("grad_clip", -1.0, "must be a number > 0 (or None), got -1.0"),
+    ("palette", [[0, 0, 0]], f"must have num_colors = {K} colours, got 1"),
+    ("palette", [[0, 0, 300]] * K, "values must lie in [0, 255], got 300"),
+    ("palette", [[0, 0.5, 0]] * K, "values must be integers, got 0.5"),
+    ("palette", [[0, 0]] * K, f"must have shape [K, 3] with K >= 1, got ({K}, 2)"),
+    ("palette", [], "must have shape [K, 3] with K >= 1, got (0,)"),
+    ("height", True, "must be an integer >= 1, got True"),
 ])
-def test_config_validation_names_field(field, value):
-    with pytest.raises(ValueError, match=field):
+def test_config_validation_names_field(field, value, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(f'PixelRNNConfig.{field}: {message}')}$"):
         tiny_config(**{field: value})
+
+
+def test_family_palette_argument_is_validated_by_the_config():
+    with pytest.raises(ValueError, match=re.escape("PixelRNNConfig.palette: values must lie in [0, 255], got -1")):
+        PixelRNN(tiny_config(), palette=torch.full((K, 3), -1))
+    fam = PixelRNN(tiny_config(), palette=torch.zeros(K, 3, dtype=torch.uint8))
+    assert fam.config.palette == [[0, 0, 0]] * K
 
 
 def test_config_from_dict_and_no_clip():

@@ -13,6 +13,7 @@ from genlib.config import ConfigError, from_dict
 from genlib.models.dcgan import DCGAN, DCGANConfig
 from genlib.render.base import RenderError, to_image
 from genlib.render.completion import GREY, CompletionParams, MaskCompletion
+from genlib.train.checkpoint import CheckpointError
 from genlib.render.masks import contextual_weights, fit_mask, load_mask, make_mask, mask_image
 
 CFG = DCGANConfig(image_size=32, ngf=8, ndf=8, nz=16)
@@ -228,8 +229,14 @@ def test_checkpoint_loading(checkpoint, tmp_path):
     a, b = MaskCompletion(str(checkpoint)), MaskCompletion(str(checkpoint / "state.pt"))
     assert a.weights_id == b.weights_id and a.image_size == S
     assert not a.netG.training and not any(p.requires_grad for p in a.netD.parameters())
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    torch.save({"family": {"networks": {"encoder": {}, "decoder": {}}}, "step": 1,
+                "model_config": {"latent_dim": 3}}, vae / "state.pt")
+    with pytest.raises(ValueError, match="holds a vae model, expected dcgan"):
+        MaskCompletion(str(vae))
     torch.save({"family": {"networks": {}}, "model_config": {"latent_dim": 3}}, tmp_path / "state.pt")
-    with pytest.raises(ValueError, match="not a DCGAN training checkpoint"):
+    with pytest.raises(CheckpointError, match="not a genlib training checkpoint"):
         MaskCompletion(str(tmp_path))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="not found"):
         MaskCompletion(str(tmp_path / "absent"))

@@ -8,6 +8,7 @@ renderer, straight from the backbone.
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 
 import numpy as np
@@ -85,15 +86,30 @@ def test_octave_shapes_smallest_first_and_too_small_ones_dropped():
     assert capped_shape(300, 451, 128) == (85, 128) and capped_shape(50, 40, 512) == (50, 40)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("octaves", 0), ("octave_scale", 1.0), ("octave_scale", float("nan")), ("iterations", 0),
-    ("iterations", 2.5), ("step", 0.0), ("step", -0.1), ("max_loss", float("inf")), ("jitter", -1),
-    ("tile", 16), ("size", 0), ("seed", True), ("layers", {}), ("layers", {"mixed3": "x"}),
-    ("layers", {"mixed3": 0.0}), ("layers", ["mixed3"]),
+@pytest.mark.parametrize("field, value, reason", [
+    ("octaves", 0, "must be an integer >= 1"), ("octave_scale", 1.0, "must be a finite number > 1.0"),
+    ("octave_scale", float("nan"), "must be a finite number > 1.0"), ("iterations", 0, "must be an integer >= 1"),
+    ("iterations", 2.5, "must be an integer >= 1"), ("step", 0.0, "must be a finite number > 0.0"),
+    ("step", -0.1, "must be a finite number > 0.0"), ("max_loss", float("inf"), "must be a finite number (or None)"),
+    ("jitter", -1, "must be an integer >= 0"), ("tile", 16, "must be an integer >= 32"),
+    ("size", 0, "must be an integer >= 32"), ("seed", True, "must be an integer"),
+    ("layers", {}, "must be a non-empty table of tap -> weight"),
+    ("layers", ["mixed3"], "must be a non-empty table of tap -> weight"),
+    ("layers", {"mixed3": 0.0}, "at least one weight must be non-zero"),
 ])
-def test_params_validation_names_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
+def test_params_validation_names_the_field(field, value, reason):
+    with pytest.raises(ValueError, match=f"^{re.escape(f'DreamParams.{field}: {reason}, got {value!r}')}$"):
         DreamParams(**{field: value})
+
+
+@pytest.mark.parametrize("layers, message", [
+    ({"mixed3": "x"}, "the weight of 'mixed3' must be a finite number, got 'x'"),
+    ({"mixed3": float("nan")}, "the weight of 'mixed3' must be a finite number, got nan"),
+    ({"": 1.0}, "tap names must be non-empty strings, got ''"),
+])
+def test_params_layer_errors_name_the_tap(layers, message):
+    with pytest.raises(ValueError, match=f"^{re.escape('DreamParams.layers: ' + message)}$"):
+        DreamParams(layers=layers)
 
 
 def test_params_coerce_and_loads_from_a_request_row():
@@ -101,7 +117,7 @@ def test_params_coerce_and_loads_from_a_request_row():
 
     p = from_dict(DreamParams, {"layers": {"mixed3": 1}, "max_loss": 15, "octave_scale": 2})
     assert p.layers == {"mixed3": 1.0} and p.max_loss == 15.0 and isinstance(p.octave_scale, float)
-    with pytest.raises(ConfigError, match="params: octaves must be >= 1"):
+    with pytest.raises(ConfigError, match=re.escape("params: DreamParams.octaves: must be an integer >= 1, got 0")):
         from_dict(DreamParams, {"octaves": 0}, prefix="params.")
 
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from genlib.render.manifest import (MANIFEST_SCHEMA, RequestError, is_done, load_requests, normalise_requests,
-                                    read_manifest, write_manifest_part)
+from genlib.render.manifest import MANIFEST_SCHEMA, is_done, read_manifest, write_manifest_part
+from genlib.render.requests import RequestError, load_requests, normalise_requests
 from genlib.storage import Storage
 
 

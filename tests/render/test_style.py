@@ -3,6 +3,8 @@ and on the real pretrained EfficientNet-Lite0 (the style statistics really move)
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -91,28 +93,29 @@ def test_scale_shapes_are_coarse_to_fine():
 # ----------------------------------------------------------------------------- params
 
 
-@pytest.mark.parametrize("kw, field", [
-    ({"style": []}, "style"),
-    ({"style": "a.jpg"}, "style"),
-    ({"style": ["a", "b"], "style_weights": [1.0]}, "style_weights"),
-    ({"style": ["a", "b"], "style_weights": [0.0, 0.0]}, "style_weights"),
-    ({"style_weights": [-1.0]}, "style_weights"),
-    ({"content_weight": -1.0}, "content_weight"),
-    ({"style_weight": float("nan")}, "style_weight"),
-    ({"tv_weight": -0.1}, "tv_weight"),
-    ({"optimizer": "sgd"}, "optimizer"),
-    ({"iterations": 0}, "iterations"),
-    ({"lr": 0.0}, "lr"),
-    ({"init": "zeros"}, "init"),
-    ({"size": 8}, "size"),
-    ({"style_scale": 0.0}, "style_scale"),
-    ({"scales": 0}, "scales"),
-    ({"size": 32, "scales": 3}, "scales"),  # 32 / 4 = 8 px at the coarsest scale
-    ({"style_layers": []}, "style_layers"),
-    ({"content_layer": ""}, "content_layer"),
+@pytest.mark.parametrize("kw, message", [
+    ({"style": []}, "style: must be a non-empty list of image URIs, got []"),
+    ({"style": "a.jpg"}, "style: must be a non-empty list of image URIs, got 'a.jpg'"),
+    ({"style": ["a", "b"], "style_weights": [1.0]}, "style_weights: must have one weight per style image (2), got [1.0]"),
+    ({"style": ["a", "b"], "style_weights": [0.0, 0.0]},
+     "style_weights: must be finite numbers >= 0, not all 0, got [0.0, 0.0]"),
+    ({"style_weights": [-1.0]}, "style_weights: must be finite numbers >= 0, not all 0, got [-1.0]"),
+    ({"content_weight": -1.0}, "content_weight: must be a finite number >= 0, got -1.0"),
+    ({"style_weight": float("nan")}, "style_weight: must be a finite number >= 0 (or None), got nan"),
+    ({"tv_weight": -0.1}, "tv_weight: must be a finite number >= 0, got -0.1"),
+    ({"optimizer": "sgd"}, "optimizer: must be one of 'lbfgs', 'adam', got 'sgd'"),
+    ({"iterations": 0}, "iterations: must be an integer >= 1, got 0"),
+    ({"lr": 0.0}, "lr: must be a finite number > 0 (or None), got 0.0"),
+    ({"init": "zeros"}, "init: must be one of 'content', 'style', 'noise', got 'zeros'"),
+    ({"size": 8}, "size: must be an integer >= 16, got 8"),
+    ({"style_scale": 0.0}, "style_scale: must be a finite number > 0, got 0.0"),
+    ({"scales": 0}, "scales: must be an integer >= 1, got 0"),
+    ({"size": 32, "scales": 3}, "scales: must keep size / 2**(scales-1) >= 16 (size = 32), got 3"),  # 8 px
+    ({"style_layers": []}, "style_layers: must be a non-empty list of layer names (or None), got []"),
+    ({"content_layer": ""}, "content_layer: must be a layer name (or None), got ''"),
 ])
-def test_params_validation_names_the_field(kw, field):
-    with pytest.raises(ValueError, match=rf"^{field}\b"):
+def test_params_validation_names_the_field(kw, message):
+    with pytest.raises(ValueError, match=f"^{re.escape('StyleParams.' + message)}$"):
         StyleParams(**{"style": ["a.jpg"], **kw})
 
 

@@ -1,4 +1,4 @@
-"""Tests for the embedded cartoon-face demo corpus (genlib.data.demo)."""
+"""Tests for the demo assets: the cartoon-face demo corpus (genlib.demo.faces) and the painted canvas."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genlib.data.demo import HAIR_STYLES, draw_face, generate_demo_faces
+from genlib.demo.faces import HAIR_STYLES, draw_face, generate_demo_faces
 
 
 def _faces(n: int, size: int = 64, seed: int = 0) -> list[np.ndarray]:

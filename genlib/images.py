@@ -1,0 +1,45 @@
+"""Small image utilities shared by corpora, training reports and renders (numpy + Pillow only).
+
+Arrays are ``uint8 [H, W, 3]`` RGB (or ``[H, W]`` grey) unless said otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+PNG_LEVEL = 6  # fixed zlib level: identical pixels always give identical PNG bytes
+
+
+def encode_png(image: np.ndarray | Image.Image) -> bytes:
+    """PNG bytes with fixed options and no metadata (identical pixels -> identical bytes)."""
+    im = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=PNG_LEVEL)
+    return buf.getvalue()
+
+
+def image_grid(images: list[np.ndarray], columns: int, pad: int = 2) -> np.ndarray:
+    """Tile equally sized ``[H, W, 3]`` uint8 images into one grid with white gutters."""
+    if not images:
+        raise ValueError("image_grid: no images")
+    h, w, _ = images[0].shape
+    rows = math.ceil(len(images) / columns)
+    cols = min(columns, len(images))
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, columns)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        grid[top:top + h, left:left + w] = im
+    return grid
+
+
+def upscale_nearest(image: np.ndarray, min_width: int) -> np.ndarray:
+    """Enlarge by an integer factor (nearest neighbour) until at least ``min_width`` wide."""
+    scale = max(1, min_width // image.shape[1])
+    if scale == 1:
+        return image
+    return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)

@@ -33,6 +33,7 @@ class RenderOutput:
     iterations: int = 0                                # optimiser iterations actually run
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. {"mask": ..., "raw": ...} for galleries
     info: dict[str, Any] = field(default_factory=dict)  # e.g. weights id, chosen restart
+    frames: list[np.ndarray] = field(default_factory=list)  # progress snapshots, uint8 [H, W, 3], oldest first
 
 
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:

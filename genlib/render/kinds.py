@@ -15,7 +15,7 @@ renderer from it with ``Renderer.from_settings(settings, device)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -40,8 +40,11 @@ class Kind:
     name: str            # wire name (request rows, manifest rows, output folder images/<name>/)
     params: type         # dataclass of a request row's params
     section: str         # RenderConfig field whose settings configure the renderer
-    renderer: type       # class with from_settings(settings, device) and __call__(image, params)
+    renderer: type       # class with from_settings(settings, device) and __call__(input, params)
     summary: str         # one line for --help and docs
+    input: Literal["image", "uri"] = "image"
+    """What the renderer's ``__call__`` receives: the decoded input image (uint8 [H, W, 3]), or
+    the row's input URI as a string (kinds whose input is not an image, e.g. a run folder)."""
 
     def build(self, config: Any, device: torch.device | str) -> Renderer:
         return self.renderer.from_settings(getattr(config, self.section), device)

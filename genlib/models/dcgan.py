@@ -17,11 +17,25 @@ the widest stage, 128 adds an ``ngf*16``/``ndf*16`` one)::
     D: nc x 64 x 64 -> ndf x 32 x 32 -> (ndf*2) x 16 x 16 -> (ndf*4) x 8 x 8
        -> (ndf*8) x 4 x 4 -> 1 x 1 x 1
 
+The default widths (``ngf = ndf = 64``, G from 512 channels) are those of
+pytorch/examples, half the paper's: the paper's 64 px generator starts at
+1024 channels (its Fig. 1: ``ngf = 128``), and the authors' released code
+uses ``ndf = 128`` too. ``configs/dcgan-paper.toml`` trains at those widths.
+
 Single-device and Ray-free. The distributed layer may wrap ``netG``/``netD``
 (e.g. in DDP) through :meth:`Family.wrap`; ``train_step`` therefore always
 calls the attributes and runs every forward's backward before the next forward
 of the same network. ``sample``/``evaluate`` use the *unwrapped* modules so that
 they never trigger collectives (safe to call on one rank only).
+
+Gradient reduction under DDP (``reduce_once``, default on): each network's
+gradients are all-reduced once per update. D's real-batch forward/backward run
+under the wrapper's ``no_sync()``, so the fake-batch backward reduces the sum
+of both once; and D's forward/backward inside the G update run under
+``netD.no_sync()`` too, so G's backward reduces G's gradients only (the local D
+gradients it leaves are discarded by the next D update's ``zero_grad``). The
+wrapper is found by duck typing (a ``no_sync`` attribute): this file never
+imports torch.distributed, and unwrapped networks run exactly as before.
 
 Mixed precision (:meth:`Family.set_precision`): the forwards run under
 autocast, D's logits are upcast to fp32 before the BCE losses and the
@@ -32,7 +46,7 @@ probability metrics, and both updates share the family's one GradScaler
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal
 
@@ -56,7 +70,9 @@ EVAL_SEED = 0  # evaluate() draws its z from this seed: repeated calls agree
 # --------------------------------------------------------------------------
 @dataclass
 class DCGANConfig:
-    """Hyper-parameters of a DCGAN (defaults follow the paper)."""
+    """Hyper-parameters of a DCGAN. The optimiser, prior and batch recipe
+    follow the paper; the widths are pytorch/examples' (half the paper's, see
+    the module docstring and ``configs/dcgan-paper.toml``)."""
 
     image_size: int = 64
     """Image side in pixels: 32, 64 or 128 (square images)."""
@@ -65,7 +81,8 @@ class DCGANConfig:
     nz: int = 100
     """Latent dimension of z."""
     ngf: int = 64
-    """Generator width: channels of the last hidden layer (doubling inwards)."""
+    """Generator width: channels of the last hidden layer (doubling inwards;
+    the paper's 1024-channel 64 px generator is ``ngf = 128``)."""
     ndf: int = 64
     """Discriminator width: channels of the first layer (doubling inwards)."""
     z_dist: Literal["uniform", "normal"] = "uniform"
@@ -76,6 +93,15 @@ class DCGANConfig:
     """Adam beta1 (0.5 stabilises GAN training, as in the paper)."""
     beta2: float = 0.999
     """Adam beta2."""
+    g_steps: int = 1
+    """Generator updates per train step, all on the step's z (1 = the paper;
+    the completion seed's reference code runs 2 so that D's loss does not go
+    to zero)."""
+    reduce_once: bool = True
+    """Under DDP, all-reduce each network's gradients once per update (module
+    docstring); False restores the old pattern (D reduced three times per
+    step), kept for the training benchmark's "before" row. The weights agree
+    to rounding (tests/distributed/test_dcgan_ddp.py)."""
 
     def __post_init__(self) -> None:
         check = Fields(self)
@@ -87,6 +113,8 @@ class DCGANConfig:
         check.number("lr", above=0)
         for name in ("beta1", "beta2"):
             check.number(name, low=0, below=1)
+        check.integer("g_steps", low=1)
+        check.boolean("reduce_once")
 
 
 # --------------------------------------------------------------------------
@@ -169,6 +197,24 @@ def _bce(logits: torch.Tensor, target: float, reduction: str = "mean") -> torch.
         logits, torch.full_like(logits, target), reduction=reduction)
 
 
+def _local_grads(net: nn.Module, enabled: bool) -> AbstractContextManager:
+    """``net.no_sync()`` if ``enabled`` and ``net`` is a DDP-style wrapper,
+    else a no-op. Forwards run inside it (and their backwards) accumulate
+    gradients locally instead of all-reducing them; duck-typed so that this
+    file needs no torch.distributed import."""
+    no_sync = getattr(net, "no_sync", None)
+    return no_sync() if enabled and no_sync is not None else nullcontext()
+
+
+def _merge_amp(first: Metrics, later: Metrics) -> Metrics:
+    """AMP metrics of a train step closed in several scaler updates: the
+    scale it started with, and an overflow if any part overflowed."""
+    if not first:
+        return later
+    return {"loss_scale": first["loss_scale"],
+            "overflow": max(first["overflow"], later.get("overflow", 0.0))}
+
+
 @contextmanager
 def _mode(module: nn.Module, training: bool, keep_buffers: bool = False) -> Iterator[nn.Module]:
     """Temporarily set train/eval mode; with ``keep_buffers`` also restore the
@@ -193,8 +239,9 @@ class DCGAN(Family):
 
     ``train_step`` metrics: ``loss`` (= loss_d + loss_g), ``loss_d``,
     ``loss_g``, ``d_real``/``d_fake`` (mean D probabilities before the D
-    update), ``grad_norm_d``, ``grad_norm_g``; under fp16 also ``loss_scale``
-    and ``overflow`` (a non-finite grad norm: that network's step was skipped).
+    update), ``grad_norm_d``, ``grad_norm_g`` (G's two: means over the
+    ``g_steps`` G updates); under fp16 also ``loss_scale`` and ``overflow`` (a
+    non-finite grad norm: that network's step, or one of G's, was skipped).
     """
 
     def __init__(self, config: DCGANConfig, device: torch.device | str = "cpu") -> None:
@@ -222,13 +269,15 @@ class DCGAN(Family):
 
     # -- training ---------------------------------------------------------
     def train_step(self, batch: Batch) -> Metrics:
-        """One D update on real + fake, then one non-saturating G update."""
+        """One D update on real + fake, then ``g_steps`` non-saturating G
+        updates on the same z. With ``g_steps > 1``, ``loss_g`` and
+        ``grad_norm_g`` are means over the G updates."""
         real = batch["image"].to(self.device, non_blocking=True)  # [B, nc, S, S]
+        z = self.sample_z(real.size(0))                            # [B, nz, 1, 1]
         with self.autocast():
-            fake = self.netG(self.sample_z(real.size(0)))  # [B, nc, S, S], graph kept for G
+            fake = self.netG(z)  # [B, nc, S, S], graph kept for the first G update
         loss_d, d_real, d_fake, gn_d = self._update_d(real, fake.detach())
-        loss_g, gn_g = self._update_g(fake)
-        amp_metrics = self.end_step()  # after both optimiser steps
+        loss_g, gn_g, amp_metrics = self._update_g_steps(z, fake)
         # one host sync for all scalars
         vals = torch.stack([loss_d, loss_g, d_real, d_fake, gn_d, gn_g]).tolist()
         metrics = dict(zip(("loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d",
@@ -247,9 +296,13 @@ class DCGAN(Family):
         Returns detached (loss_d, mean D(x), mean D(fake), grad norm)."""
         opt = self.optimizers["netD"]
         opt.zero_grad(set_to_none=True)
-        logits_real = self._d_logits(real)  # [B]
-        err_real = _bce(logits_real, 1.0)
-        self.backward(err_real)  # backward before the next netD forward (DDP rule)
+        # Real-batch grads stay local under DDP: the fake backward below
+        # all-reduces their sum once (no_sync covers the forward, so the
+        # backward follows it inside; backward before the next netD forward).
+        with _local_grads(self.netD, self.config.reduce_once):
+            logits_real = self._d_logits(real)  # [B]
+            err_real = _bce(logits_real, 1.0)
+            self.backward(err_real)
         logits_fake = self._d_logits(fake)  # [B]
         err_fake = _bce(logits_fake, 0.0)
         self.backward(err_fake)  # gradients accumulate: d(err_real + err_fake)
@@ -263,12 +316,33 @@ class DCGAN(Family):
         opt = self.optimizers["netG"]
         opt.zero_grad(set_to_none=True)
         # This backward also fills netD's grads; they are discarded by the
-        # zero_grad of the next D update (as in pytorch/examples).
-        err_g = _bce(self._d_logits(fake), 1.0)
+        # zero_grad of the next D update (as in pytorch/examples), so under
+        # DDP they are not all-reduced either: only G's are.
+        with _local_grads(self.netD, self.config.reduce_once):
+            err_g = _bce(self._d_logits(fake), 1.0)
+            self.backward(err_g)
         # Only G's optimiser is unscaled and stepped; the scaled netD grads
         # this leaves behind are never read.
-        grad_norm = self.backward_step(err_g, opt, list(self.netG.parameters()))
+        grad_norm = self.optimizer_step(opt, list(self.netG.parameters()))
         return err_g.detach(), grad_norm
+
+    def _update_g_steps(self, z: torch.Tensor,
+                        fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Metrics]:
+        """``g_steps`` G updates: the first on ``fake`` (= G(z) from before the
+        D update), each later one on a fresh G(z), since G has moved. Closes
+        the train step's loss scale (:meth:`end_step`) after the first G
+        update and after each later one: GradScaler steps an optimiser at most
+        once per scale update. Returns (mean loss_g, mean grad norm, AMP metrics)."""
+        loss, norm = self._update_g(fake)
+        losses, norms, amp_metrics = [loss], [norm], self.end_step()  # after both optimisers
+        for _ in range(self.config.g_steps - 1):
+            with self.autocast():
+                fake = self.netG(z)  # [B, nc, S, S]
+            loss, norm = self._update_g(fake)
+            losses.append(loss)
+            norms.append(norm)
+            amp_metrics = _merge_amp(amp_metrics, self.end_step())
+        return torch.stack(losses).mean(), torch.stack(norms).mean(), amp_metrics
 
     # -- inference ----------------------------------------------------------
     @torch.no_grad()

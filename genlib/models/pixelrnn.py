@@ -1,6 +1,6 @@
 """PixelRNN family: autoregressive models of palette-indexed images.
 
-Implements two variants from van den Oord et al. 2016, *Pixel Recurrent
+Implements three variants from van den Oord et al. 2016, *Pixel Recurrent
 Neural Networks*, adapted to images whose pixels are ONE categorical palette
 index in ``[0, K)`` (e.g. K = 176 colours for the classic 20x20 Pokémon
 sprites) instead of three 256-way RGB sub-pixels:
@@ -11,10 +11,27 @@ sprites) instead of three 256-way RGB sub-pixels:
   run row by row top to bottom) with residual connections. The receptive
   field is triangular: it never sees the current or any later pixel, but it
   does not see every earlier pixel either.
+- ``"diagonal_bilstm"`` (Sec. 3.2, the paper's best variant): a 7x7 mask-A
+  convolution, then Diagonal BiLSTM layers. Each layer skews its input map
+  (row r shifted right by r, ``[H, W] -> [H, W + H - 1]``) so that a diagonal
+  of the image becomes a column, and runs an LSTM column by column (a Python
+  loop over the ``W + H - 1`` skewed columns) with a 1x1 input-to-state
+  convolution and a 2x1 state-to-state convolution over the previous column's
+  state at the current row and the row above. In image coordinates the state
+  at ``(r, c)`` then follows ``(r, c-1)`` and ``(r-1, c)``: it summarises the
+  whole up-left quadrant. A second direction runs the same way on the image
+  mirrored left-right (covering the up-right quadrant, which includes pixels
+  right of ``c`` on row ``r``: the future), so its output is shifted down one
+  row before it is added to the first one; then a 1x1 convolution and a
+  residual connection, as in the Row LSTM. The receptive field is the whole
+  causal context except, for a pixel ``(r, c)`` more than ``first_kernel // 2``
+  columns from the right edge, the last pixel of row ``r - 1``: every feature
+  that could carry that pixel sits on row ``r`` right of ``c`` (the paper's
+  construction has the same gap for the last pixel's sub-pixels).
 - ``"pixelcnn"``: a 7x7 mask-A convolution, then residual blocks built around
   3x3 mask-B convolutions (with the classic PixelCNN "blind spot").
 
-Both end in ReLU + 1x1 convolutions giving K logits per pixel, and model
+All end in ReLU + 1x1 convolutions giving K logits per pixel, and model
 ``p(x) = prod_i p(x_i | x_<i)`` in raster order. Because a pixel is a single
 categorical variable there is no RGB sub-channel masking, and a pixel counts
 as ONE dimension in ``bits_per_dim`` (so these numbers are per palette-indexed
@@ -25,8 +42,9 @@ in DDP) via :meth:`Family.wrap`.
 
 Mixed precision (:meth:`Family.set_precision`): the network runs under
 autocast, except two places kept in fp32 because rounding there would show in
-the likelihood: the Row LSTM cell/hidden state (a running sum over rows) and
-the final 1x1 logit layer. Cross-entropies are taken on fp32 logits.
+the likelihood: the Row LSTM and Diagonal BiLSTM cell/hidden states (running
+sums over rows or columns) and the final 1x1 logit layer. Cross-entropies are
+taken on fp32 logits.
 """
 
 from __future__ import annotations
@@ -56,13 +74,16 @@ __all__ = [
     "PixelRNNConfig",
     "MaskedConv2d",
     "RowLSTMLayer",
+    "DiagonalBiLSTMLayer",
+    "skew",
+    "unskew",
     "ResidualBlock",
     "PixelRNNNet",
     "PixelRNN",
     "causal_mask",
 ]
 
-VARIANTS = ("row_lstm", "pixelcnn")
+VARIANTS = ("row_lstm", "diagonal_bilstm", "pixelcnn")
 
 
 # --------------------------------------------------------------------------
@@ -93,13 +114,15 @@ class PixelRNNConfig:
         num_colors: palette size K; pixels are indices in ``[0, K)``.
         height: image height in pixels (e.g. 20 for Pokémon sprites, or 32).
         width: image width in pixels.
-        variant: ``"row_lstm"`` (default) or ``"pixelcnn"``.
+        variant: ``"row_lstm"`` (default), ``"diagonal_bilstm"`` or
+            ``"pixelcnn"``.
         hidden: feature channels of every hidden layer (and LSTM state size).
-        layers: number of Row LSTM layers / PixelCNN residual blocks
-            (4 keeps it quick; the paper uses up to 12).
+        layers: number of Row LSTM / Diagonal BiLSTM layers or PixelCNN
+            residual blocks (4 keeps it quick; the paper uses up to 12).
         embed: dimension of the learned colour embedding of input indices.
         first_kernel: odd size (>= 3) of the first mask-A convolution (7).
-        row_kernel: odd width k of the Row LSTM ``1 x k`` convolutions (3).
+        row_kernel: odd width k of the Row LSTM ``1 x k`` convolutions (3;
+            unused by the other variants).
         lr: Adam learning rate.
         grad_clip: max global gradient L2 norm; ``None`` disables clipping.
         palette: optional ``[K, 3]`` uint8 RGB palette used by ``sample()``
@@ -201,7 +224,7 @@ class RowLSTMLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, hidden, H, W] -> [B, hidden, H, W]``."""
-        batch, _, height, width = x.shape
+        batch, _, _, width = x.shape
         gates_in = self.input_to_state(x)          # [B, 4h, H, W]
         # The recurrent state stays in (at least) fp32 under autocast, only the
         # convs drop to 16 bits: c accumulates over every row of the image.
@@ -209,14 +232,99 @@ class RowLSTMLayer(nn.Module):
         h = x.new_zeros(batch, self.hidden, width, dtype=state_dtype)  # row r-1: [B, h, W]
         c = x.new_zeros(batch, self.hidden, width, dtype=state_dtype)
         rows = []
-        for r in range(height):
-            gates = upcast(gates_in[:, :, r]) + upcast(self.state_to_state(h))  # [B, 4h, W]
+        # One unbind (not an index per row): its backward is a single stack.
+        for gates_r in gates_in.unbind(2):          # H x [B, 4h, W]
+            gates = upcast(gates_r) + upcast(self.state_to_state(h))  # [B, 4h, W]
             o, f, i, g = gates.chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             rows.append(h)
         states = torch.stack(rows, dim=2)           # [B, h, H, W]
         return x + self.out(states)
+
+
+def skew(x: torch.Tensor) -> torch.Tensor:
+    """Shift row r right by r: ``[B, C, H, W] -> [B, C, H, W + H - 1]``, zeros
+    elsewhere, so image diagonal ``r + c = j`` becomes skewed column ``j``."""
+    _, _, height, width = x.shape
+    # Pad each row to W + H, flatten, drop the last H values and re-fold at
+    # W + H - 1: every row then starts one column later than the one above.
+    flat = F.pad(x, (0, height)).flatten(2)[:, :, : height * (width + height - 1)]
+    return flat.unflatten(2, (height, width + height - 1))
+
+
+def unskew(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Inverse of :func:`skew`: ``[B, C, H, W + H - 1] -> [B, C, H, W]``."""
+    height = x.shape[2]
+    flat = F.pad(x.flatten(2), (0, height))          # [B, C, H * (W + H)]
+    return flat.unflatten(2, (height, width + height))[..., :width]
+
+
+class _DiagonalLSTM(nn.Module):
+    """One direction of a Diagonal BiLSTM layer: left to right over the skewed
+    columns, so the state at image ``(r, c)`` follows ``(r, c-1)`` and
+    ``(r-1, c)`` and summarises every input at rows <= r, columns <= c."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.input_to_state = nn.Conv2d(hidden, 4 * hidden, 1)  # 1x1: per pixel
+        # The 2x1 kernel over the previous column's state at rows r-1 and r,
+        # as one matmul over their concatenation (channels last, see forward).
+        self.state_to_state = nn.Linear(2 * hidden, 4 * hidden, bias=False)
+        with torch.no_grad():  # forget-gate bias 1: remember by default
+            self.input_to_state.bias[hidden: 2 * hidden].fill_(1.0)
+
+    def _recurrent_gates(self, h: torch.Tensor) -> torch.Tensor:
+        """``h [B, H, h]`` (column j-1) -> ``[B, H, 4h]``: row r reads rows
+        r-1 (zeros above row 0) and r."""
+        above = F.pad(h, (0, 0, 1, 0))[:, :-1]                  # [B, H, h]
+        return self.state_to_state(torch.cat([above, h], dim=2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, hidden, H, W] -> hidden states [B, hidden, H, W]`` (fp32+)."""
+        batch, _, height, width = x.shape
+        # 1x1 before skewing: the skew's padding then holds exact zeros.
+        gates_in = skew(self.input_to_state(x))     # [B, 4h, H, W + H - 1]
+        # One unbind (not an index per column): its backward is a single stack.
+        columns_in = gates_in.permute(3, 0, 2, 1).unbind(0)   # W + H - 1 x [B, H, 4h]
+        state_dtype = torch.promote_types(x.dtype, torch.float32)  # as in RowLSTMLayer
+        h = x.new_zeros(batch, height, self.hidden, dtype=state_dtype)  # column j-1: [B, H, h]
+        c = x.new_zeros(batch, height, self.hidden, dtype=state_dtype)
+        columns = []
+        for gates_j in columns_in:
+            gates = upcast(gates_j) + upcast(self._recurrent_gates(h))   # [B, H, 4h]
+            o, f, i, g = gates.chunk(4, dim=2)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            columns.append(h)
+        states = torch.stack(columns, dim=3).transpose(1, 2)  # [B, h, H, W + H - 1]
+        return unskew(states, width)
+
+
+class DiagonalBiLSTMLayer(nn.Module):
+    """One Diagonal BiLSTM layer with a residual connection (paper, Sec. 3.2).
+
+    The left-to-right direction sees the up-left quadrant of each pixel; the
+    right-to-left one runs the same recurrence on the image mirrored
+    left-right and sees the up-right quadrant, which includes the current
+    row's future, so its output is shifted down one row (row 0 gets zeros)
+    before the two are added. Input features at ``(r, c)`` already summarise
+    only pixels before ``(r, c)``, so the sum is causal.
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.forward_dir = _DiagonalLSTM(hidden)
+        self.backward_dir = _DiagonalLSTM(hidden)
+        self.out = nn.Conv2d(hidden, hidden, 1)  # 1x1: per-pixel, so causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, hidden, H, W] -> [B, hidden, H, W]``."""
+        left = self.forward_dir(x)                                     # [B, h, H, W]
+        right = self.backward_dir(x.flip(3)).flip(3)                   # [B, h, H, W]
+        right = F.pad(right[:, :, :-1], (0, 0, 1, 0))                  # row r <- row r-1
+        return x + self.out(left + right)
 
 
 class ResidualBlock(nn.Module):
@@ -252,6 +360,8 @@ class PixelRNNNet(nn.Module):
         self.first = MaskedConv2d(cfg.embed, cfg.hidden, (k, k), "A")
         if cfg.variant == "row_lstm":
             blocks = [RowLSTMLayer(cfg.hidden, cfg.row_kernel) for _ in range(cfg.layers)]
+        elif cfg.variant == "diagonal_bilstm":
+            blocks = [DiagonalBiLSTMLayer(cfg.hidden) for _ in range(cfg.layers)]
         else:
             blocks = [ResidualBlock(cfg.hidden) for _ in range(cfg.layers)]
         self.body = nn.Sequential(*blocks)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -38,3 +41,52 @@ class PassThrough(nn.Module):
     def _done(self, grad):
         self.pending = False
         return grad
+
+
+class SyncRecorder(PassThrough):
+    """PassThrough with DDP's ``no_sync()``: records, for every forward with
+    grad, whether its backward would all-reduce (DDP decides at forward time,
+    from ``require_backward_grad_sync``)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module)
+        self.require_backward_grad_sync = True
+        self.synced: list[bool] = []
+
+    @contextmanager
+    def no_sync(self):
+        old, self.require_backward_grad_sync = self.require_backward_grad_sync, False
+        try:
+            yield
+        finally:
+            self.require_backward_grad_sync = old
+
+    def forward(self, *args, **kwargs):
+        if torch.is_grad_enabled():
+            self.synced.append(self.require_backward_grad_sync)
+        return super().forward(*args, **kwargs)
+
+
+def reference_dcgan_step(fam, batch: dict, g_steps: int = 1) -> None:
+    """The DCGAN step as first written (pytorch/examples' recipe), fp32, in
+    plain torch on ``fam``'s (possibly DDP-wrapped) networks and optimisers:
+    D on real, then on fake, each backward all-reducing under DDP; then
+    ``g_steps`` G updates on the same z, each backward running through D
+    (and, under DDP, all-reducing D's gradients as well)."""
+    netG, netD = fam.netG, fam.netD
+    opt_g, opt_d = fam.optimizers["netG"], fam.optimizers["netD"]
+    real = batch["image"]
+    z = fam.sample_z(real.size(0))
+    fake = netG(z)
+    opt_d.zero_grad(set_to_none=True)
+    for images, label in ((real, 1.0), (fake.detach(), 0.0)):
+        logits = netD(images)
+        F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label)).backward()
+    opt_d.step()
+    for k in range(g_steps):
+        if k:
+            fake = netG(z)
+        opt_g.zero_grad(set_to_none=True)
+        logits = netD(fake)
+        F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)).backward()
+        opt_g.step()

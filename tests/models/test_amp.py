@@ -20,7 +20,8 @@ from genlib.models.vae import VAE, VAEConfig
 
 torch.set_num_threads(1)
 
-FAMILIES = ("dcgan", "vae", "row_lstm", "pixelcnn")
+FAMILIES = ("dcgan", "vae", "row_lstm", "diagonal_bilstm", "pixelcnn")
+PIXELRNN_VARIANTS = ("row_lstm", "diagonal_bilstm", "pixelcnn")
 INIT_SCALE = 2.0 ** 16  # GradScaler's default
 
 
@@ -42,7 +43,7 @@ def make(name: str, amp: str | None = None) -> Family:
 def batch_for(name: str, n: int = 8) -> dict:
     """A fixed batch: smooth 8-bit images in [-1, 1], or palette indices."""
     g = torch.Generator().manual_seed(0)
-    if name in ("row_lstm", "pixelcnn"):
+    if name in PIXELRNN_VARIANTS:
         return {"index": torch.randint(0, 8, (n, 6, 6), generator=g)}
     low = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
     img = F.interpolate(low, size=32, mode="bilinear", align_corners=False)
@@ -293,7 +294,7 @@ def test_checkpoints_without_scaler_still_load():
     assert plain.scaler is None
 
 
-@pytest.mark.parametrize("name", ["dcgan", "row_lstm"])
+@pytest.mark.parametrize("name", ["dcgan", "row_lstm", "diagonal_bilstm"])
 def test_fp16_resume_is_exact(name):
     """Save after 2 steps, restore into a fresh fp16 family, train on: same
     parameters and loss scale as 4 uninterrupted steps."""

@@ -5,18 +5,21 @@ from __future__ import annotations
 import io
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from genlib.config import ConfigError, from_dict
+from genlib.config import ConfigError, from_dict, load_config
 from genlib.models.base import unwrap
 from genlib.models.dcgan import DCGAN, DCGANConfig, Discriminator, Generator
-from tests.models.common import PassThrough, fixed_batch
+from genlib.train.config import TrainConfig
+from tests.models.common import PassThrough, SyncRecorder, fixed_batch, reference_dcgan_step
 
 torch.set_num_threads(1)
 
+ROOT = Path(__file__).resolve().parents[2]
 METRICS = {"loss", "loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d", "grad_norm_g"}
 
 
@@ -126,6 +129,83 @@ def test_train_steps_on_fixed_batch():
     assert any(not torch.equal(a, b) for a, b in zip(g0, fam.netG.parameters()))
 
 
+def _params(fam: DCGAN) -> dict[str, torch.Tensor]:
+    return {f"{n}.{k}": v.detach().clone() for n, net in fam.networks.items()
+            for k, v in unwrap(net).named_parameters()}
+
+
+def _train(fam: DCGAN, steps: int, reference_g_steps: int | None = None) -> dict[str, torch.Tensor]:
+    """``steps`` steps on fresh batches, reseeding per step as the loop does;
+    with ``reference_g_steps`` through :func:`reference_dcgan_step` instead."""
+    for step in range(steps):
+        torch.manual_seed(step)
+        batch = fixed_batch(8, seed=step)
+        if reference_g_steps is None:
+            fam.train_step(batch)
+        else:
+            reference_dcgan_step(fam, batch, reference_g_steps)
+    return _params(fam)
+
+
+@pytest.mark.parametrize("g_steps", [1, 2])
+def test_train_step_matches_the_reference_recipe_bit_for_bit(g_steps):
+    """g_steps = 1 is the step as first written; g_steps = 2 adds a second G
+    update on the same z (the completion seed's reference code)."""
+    torch.manual_seed(0)
+    fam = DCGAN(small_config(g_steps=g_steps))
+    torch.manual_seed(0)
+    ref = DCGAN(small_config())
+    got, want = _train(fam, 3), _train(ref, 3, reference_g_steps=g_steps)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    assert fam.optimizers["netG"].state_dict()["state"][0]["step"] == 3 * g_steps
+    assert fam.optimizers["netD"].state_dict()["state"][0]["step"] == 3
+
+
+def test_g_steps_reuse_z_and_report_means():
+    torch.manual_seed(0)
+    fam = DCGAN(small_config(g_steps=3))
+    seen = []
+    fam.netG.register_forward_hook(lambda mod, inputs, out: seen.append(inputs[0].clone()))
+    m = fam.train_step(fixed_batch(8))
+    assert len(seen) == 3 and all(torch.equal(z, seen[0]) for z in seen)
+    assert set(m) == METRICS and all(math.isfinite(v) for v in m.values())
+    assert m["loss"] == pytest.approx(m["loss_d"] + m["loss_g"])
+
+
+def test_g_steps_under_fp16_close_the_scale_per_g_update():
+    """GradScaler steps an optimiser once per update(): the extra G updates
+    each get one; the step reports the scale it started with."""
+    torch.manual_seed(0)
+    fam = DCGAN(small_config(g_steps=2))
+    fam.set_precision("fp16")
+    fam.scaler.load_state_dict({**fam.scaler.state_dict(), "scale": 16.0, "growth_interval": 1})
+    m = fam.train_step(fixed_batch(8))
+    assert m["loss_scale"] == 16.0 and m["overflow"] == 0.0
+    assert fam.scaler.get_scale() == 64.0  # two clean updates, each doubling
+    assert fam.optimizers["netG"].state_dict()["state"][0]["step"] == 2
+    assert all(math.isfinite(v) for v in m.values())
+
+
+@pytest.mark.parametrize("g_steps", [1, 2])
+def test_each_network_is_reduced_once_per_update(g_steps):
+    """Under a DDP-style wrapper, D's real-batch forward and D's forwards in
+    the G updates run under no_sync (their backwards stay local); the fake
+    batch's backward reduces D once, each G backward reduces G once.
+    reduce_once = False restores the old pattern; the weights agree."""
+    runs = {}
+    for reduce_once in (True, False):
+        torch.manual_seed(0)
+        fam = DCGAN(small_config(g_steps=g_steps, reduce_once=reduce_once))
+        fam.wrap(SyncRecorder)
+        runs[reduce_once] = _train(fam, 2)
+        d_pattern = [not reduce_once, True] + [not reduce_once] * g_steps
+        assert fam.netD.synced == d_pattern * 2
+        assert fam.netG.synced == [True] * g_steps * 2
+    for k in runs[True]:
+        assert torch.equal(runs[True][k], runs[False][k]), k
+
+
 # -- sampling & evaluation ----------------------------------------------------------
 @pytest.mark.parametrize("z_dist", ["uniform", "normal"])
 def test_sample_shape_range_determinism(z_dist):
@@ -224,14 +304,30 @@ def test_wrapped_networks_keep_training():
     ("z_dist", "gaussian", "must be one of 'uniform', 'normal'"), ("lr", 0.0, "must be a finite number > 0"),
     ("lr", float("nan"), "must be a finite number > 0"),
     ("beta1", 1.0, "must lie in [0, 1)"), ("beta2", -0.1, "must lie in [0, 1)"),
+    ("g_steps", 0, "must be an integer >= 1"), ("g_steps", 1.5, "must be an integer >= 1"),
+    ("reduce_once", "yes", "must be true or false"), ("reduce_once", 1, "must be true or false"),
 ])
 def test_config_validation_names_field(field, value, reason):
     with pytest.raises(ValueError, match=f"^{re.escape(f'DCGANConfig.{field}: {reason}, got {value!r}')}$"):
         DCGANConfig(**{field: value})
 
 
+def test_paper_preset_has_the_papers_widths():
+    """configs/dcgan-paper.toml: G 1024 -> 512 -> 256 -> 128 -> 3 (the paper's
+    Fig. 1), D 128 -> 1024; the defaults are half as wide."""
+    train = load_config(TrainConfig, ROOT / "configs" / "dcgan-paper.toml")
+    cfg = from_dict(DCGANConfig, {k: v for k, v in train.model.items() if k != "family"})
+    g, d = Generator(cfg), Discriminator(cfg)
+    assert [m.out_channels for m in g.modules() if isinstance(m, nn.ConvTranspose2d)] == [1024, 512, 256, 128, 3]
+    assert [m.out_channels for m in d.modules() if isinstance(m, nn.Conv2d)] == [128, 256, 512, 1024, 1]
+    assert (cfg.nz, cfg.z_dist, cfg.lr, cfg.beta1, train.batch_size) == (100, "uniform", 2e-4, 0.5, 128)
+
+
 def test_config_loads_through_genlib_config():
     cfg = from_dict(DCGANConfig, {"image_size": 32, "z_dist": "normal", "lr": 1e-4})
     assert cfg.image_size == 32 and cfg.z_dist == "normal"
+    assert cfg.g_steps == 1 and cfg.reduce_once is True
+    cfg = from_dict(DCGANConfig, {"g_steps": 2, "reduce_once": False})
+    assert cfg.g_steps == 2 and cfg.reduce_once is False
     with pytest.raises(ConfigError, match="image_size"):
         from_dict(DCGANConfig, {"image_size": 48})

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlib.models.pixelrnn import PixelRNN, PixelRNNConfig, causal_mask
+from genlib.models.pixelrnn import PixelRNN, PixelRNNConfig, causal_mask, skew, unskew
 
 torch.set_num_threads(1)
 
-VARIANTS = ["row_lstm", "pixelcnn"]
+VARIANTS = ["row_lstm", "diagonal_bilstm", "pixelcnn"]
 K, H, W = 6, 6, 5
 
 
@@ -78,6 +78,58 @@ def test_row_lstm_state_carries_context_upwards():
     logits = fam.net.logits_from_embedding(emb)
     (grad,) = torch.autograd.grad(logits[0, :, 5, 4].sum(), emb)
     assert grad[0, :, 0, 0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cropped_rows_give_the_same_logits(variant):
+    """Sampling feeds only rows 0..r: rows <= r must not depend on later rows'
+    presence (for the Diagonal BiLSTM the skewed map is then narrower)."""
+    fam = make_family(variant)
+    index = random_index(2)
+    with torch.no_grad():
+        full = fam.net(index)
+        for r in (0, 2, H - 2):
+            torch.testing.assert_close(fam.net(index[:, : r + 1]), full[:, :, : r + 1])
+
+
+def test_skew_shifts_row_r_right_by_r_and_unskew_inverts_it():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
+    s = skew(x)
+    assert s.shape == (2, 3, 4, 5 + 4 - 1)
+    for r in range(4):
+        assert torch.equal(s[:, :, r, r: r + 5], x[:, :, r])
+        padding = torch.cat([s[:, :, r, :r], s[:, :, r, r + 5:]], dim=-1)
+        assert torch.all(padding == 0)
+    assert torch.equal(unskew(s, 5), x)
+
+
+def _receptive_field(fam: PixelRNN, r: int, c: int) -> torch.Tensor:
+    """``[H, W]`` bool: the pixels whose embedding moves logits[r, c]."""
+    index = torch.randint(0, K, (1, fam.config.height, fam.config.width),
+                          generator=torch.Generator().manual_seed(1))
+    emb = fam.net.embed_input(index).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(fam.net.logits_from_embedding(emb)[0, :, r, c].sum(), emb)
+    return grad[0].abs().sum(dim=0) > 0
+
+
+def test_diagonal_bilstm_sees_the_whole_context_but_one_pixel():
+    """The paper's point: unlike the Row LSTM's triangle, the Diagonal BiLSTM
+    sees every earlier pixel, even with one layer and a 3x3 first conv. The
+    one exception (module docstring): the last pixel of row r-1 when (r, c)
+    lies beyond the first conv's reach from the right edge."""
+    torch.manual_seed(0)
+    cfg = dict(layers=1, first_kernel=3, width=8)
+    diag = PixelRNN(tiny_config("diagonal_bilstm", **cfg))
+    row = PixelRNN(tiny_config("row_lstm", **cfg))
+    order = torch.arange(H * 8).view(H, 8)
+    for r, c in [(5, 0), (3, 4), (5, 6), (5, 7), (0, 5)]:
+        earlier = order < order[r, c]
+        expected = earlier.clone()
+        if r > 0 and c < 8 - 1 - 1:  # 3x3 first conv: reaches one column right
+            expected[r - 1, 8 - 1] = False
+        assert torch.equal(_receptive_field(diag, r, c), expected), (r, c)
+    # the Row LSTM misses the far upper right of (5, 0), e.g. (0, 7)
+    assert not _receptive_field(row, 5, 0)[0, 7]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -175,7 +227,7 @@ def test_state_dict_round_trip(variant):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("variant", "gated", "must be one of 'row_lstm', 'pixelcnn', got 'gated'"),
+    ("variant", "gated", "must be one of 'row_lstm', 'diagonal_bilstm', 'pixelcnn', got 'gated'"),
     ("num_colors", 1, "must be an integer >= 2, got 1"),
     ("height", 0, "must be an integer >= 1, got 0"),
     ("width", -2, "must be an integer >= 1, got -2"),

@@ -6,10 +6,16 @@ Nothing is launched: the Ray cluster launcher files go through Ray's own
 cloud, against ``ray/autoscaler/ray-schema.json``); the KubeRay manifests are
 checked against the ``ray.io/v1`` field names of RayCluster / RayJob and for the
 settings genlib relies on (autoscaling, GPU workers, shared /data, versions).
+The security section holds every config to the cluster's front-door rules: Ray
+token auth on, the token from a secret source and never in a file here, no
+dashboard (the job API: remote code execution) on a non-loopback address
+without auth, and containers that run as a fixed non-root uid without sudo,
+privilege escalation or capabilities, on a read-only root filesystem.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import subprocess
@@ -160,12 +166,10 @@ def test_launcher_image_and_project_install(name):
     assert raw["docker"]["image"] == official_ray_image()
     assert f"{DATA_MOUNT}:{DATA_MOUNT}" in " ".join(raw["docker"]["run_options"]), "shared /data not mounted"
     # The checkout is shipped to every node and pip-installed from there.
-    (remote, local), = raw["file_mounts"].items()
-    assert local == "."
+    (remote,) = [r for r, local in raw["file_mounts"].items() if local == "."]
     assert any("pip install" in cmd and remote in cmd for cmd in raw["setup_commands"])
     head = " ".join(raw["head_start_ray_commands"])
     assert "ray start --head" in head and "--autoscaling-config=~/ray_bootstrap_config.yaml" in head
-    assert "--dashboard-host=0.0.0.0" in head
     assert "ray start --address=$RAY_HEAD_IP:6379" in " ".join(raw["worker_start_ray_commands"])
 
 
@@ -281,7 +285,6 @@ def check_cluster_spec(spec: dict, where: str) -> None:
     _keys_known(head, HEAD_GROUP_KEYS, f"{where}.headGroupSpec")
     params = head["rayStartParams"]
     assert all(isinstance(v, str) for v in params.values()), "rayStartParams values must be strings"
-    assert params.get("dashboard-host") == "0.0.0.0"
     assert params.get("num-cpus") == "0", "the head should advertise no CPUs so no work lands there"
 
     groups = spec["workerGroupSpecs"]
@@ -353,8 +356,17 @@ def test_rayjob():
     assert spec["shutdownAfterJobFinishes"] is True
     assert "clusterSelector" not in spec, "rayClusterSpec and clusterSelector are alternatives"
     check_cluster_spec(spec["rayClusterSpec"], "rayjob.yaml rayClusterSpec")
-    assert spec["rayClusterSpec"] == raycluster()["spec"], (
-        "rayjob.yaml's rayClusterSpec must stay identical to raycluster.yaml's spec")
+    # Identical but for the dashboard host: the operator and the submitter pod
+    # reach the RayJob's dashboard over the pod network (see the security tests).
+    job_spec = copy.deepcopy(spec["rayClusterSpec"])
+    job_spec["headGroupSpec"]["rayStartParams"]["dashboard-host"] = dashboard_host_kuberay(raycluster()["spec"])
+    assert job_spec == raycluster()["spec"], (
+        "rayjob.yaml's rayClusterSpec must stay identical to raycluster.yaml's spec (dashboard-host aside)")
+    submitter = spec["submitterPodTemplate"]["spec"]
+    _keys_known(submitter, POD_SPEC_KEYS, "rayjob.yaml submitterPodTemplate.spec")
+    for c in submitter["containers"]:
+        _keys_known(c, CONTAINER_KEYS, f"rayjob.yaml submitter container {c.get('name')}")
+    assert submitter["restartPolicy"] == "Never", "a Kubernetes Job's pod must not restart in place"
 
 
 def test_rayjob_runtime_env():
@@ -379,6 +391,201 @@ def test_rayjob_entrypoint_is_a_job_in_this_repo():
     assert "--workdir" in entrypoint
     workdir = entrypoint[entrypoint.index("--workdir") + 1]
     assert workdir.startswith(DATA_MOUNT + "/"), "the pipeline's workdir must be on the shared volume"
+
+
+# ----------------------------------------------------------------------------- security
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+AUTH_SECRET = "genlib-ray-auth"       # the Secret KubeRay reads the token from (key auth_token)
+RAY_HOME_TOKEN = "/home/ray/.ray/auth_token"  # where Ray looks for the token in the image (ray's home)
+# Env vars that name a directory a process writes to; on a read-only root
+# filesystem each must point into a writable mount.
+WRITABLE_DIR_VARS = ("TORCH_HOME", "MPLCONFIGDIR", "TRITON_HOME", "XDG_CACHE_HOME", "HF_HOME", "TMPDIR")
+
+
+def dashboard_host_launcher(raw: dict) -> str:
+    """The --dashboard-host of the head's `ray start` (Ray's default: loopback)."""
+    m = re.search(r"--dashboard-host[= ](\S+)", " ".join(raw["head_start_ray_commands"]))
+    return m.group(1) if m else "127.0.0.1"
+
+
+def dashboard_host_kuberay(spec: dict) -> str:
+    # KubeRay passes --dashboard-host=0.0.0.0 unless rayStartParams says otherwise.
+    return spec["headGroupSpec"]["rayStartParams"].get("dashboard-host", "0.0.0.0")
+
+
+def launcher_auth_on(raw: dict) -> bool:
+    """RAY_AUTH_MODE=token reaches every Ray process: in the container's
+    environment, or exported by both the head's and the workers' start commands."""
+    env_opts = " ".join(raw.get("docker", {}).get("run_options", []))
+    if re.search(r"(^|\s)(-e|--env)[= ]RAY_AUTH_MODE=token(\s|$)", env_opts):
+        return True
+    starts = [" ".join(raw.get(k) or []) for k in ("head_start_ray_commands", "worker_start_ray_commands")]
+    return all("RAY_AUTH_MODE=token" in cmds for cmds in starts)
+
+
+def kuberay_auth_on(spec: dict) -> bool:
+    return spec.get("authOptions", {}).get("mode") == "token"
+
+
+def test_no_dashboard_on_the_network_without_auth():
+    """The dashboard's job API runs arbitrary code: a config that binds it to a
+    non-loopback address must have token auth on."""
+    configs = [(n, dashboard_host_launcher(load(CLUSTER / n)), launcher_auth_on(load(CLUSTER / n)))
+               for n in LAUNCHER_FILES]
+    configs += [("raycluster.yaml", dashboard_host_kuberay(raycluster()["spec"]), kuberay_auth_on(raycluster()["spec"])),
+                ("rayjob.yaml", dashboard_host_kuberay(rayjob()["spec"]["rayClusterSpec"]),
+                 kuberay_auth_on(rayjob()["spec"]["rayClusterSpec"]))]
+    for name, host, auth in configs:
+        assert host in LOOPBACK or auth, f"{name}: dashboard on {host} without token auth"
+
+
+@pytest.mark.parametrize("name", LAUNCHER_FILES)
+def test_launcher_token_auth_and_loopback_dashboard(name):
+    raw = load(CLUSTER / name)
+    assert launcher_auth_on(raw), f"{name}: RAY_AUTH_MODE=token is not set for every node"
+    # The token is a file synced from the submitter's machine (outside the
+    # checkout, so it is never committed) to where Ray reads it in the container.
+    local = raw["file_mounts"].get(RAY_HOME_TOKEN)
+    assert local, f"{name}: no file_mounts entry for {RAY_HOME_TOKEN}"
+    assert local.startswith(("~", "/")), f"{name}: the token source {local} must be outside the checkout"
+    # The documented way in is `ray dashboard` (an SSH tunnel to the head's loopback).
+    assert dashboard_host_launcher(raw) in LOOPBACK, f"{name}: dashboard is not on loopback"
+    opts = " ".join(raw["docker"]["run_options"])
+    assert re.search(r"--security-opt[= ]no-new-privileges", opts), (
+        f"{name}: containers must run with no-new-privileges (the official image has passwordless sudo)")
+
+
+def _ray_containers(spec: dict) -> list[tuple[str, dict, dict]]:
+    """(where, container, pod spec) for the head's and the workers' containers."""
+    return [(f"{name}.{c['name']}", c, pod) for name, pod in _pod_templates(spec) for c in pod["containers"]]
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _check_token_env(env: dict[str, dict], where: str) -> None:
+    assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{where}: RAY_AUTH_MODE is not token"
+    token = env.get("RAY_AUTH_TOKEN", {})
+    assert "value" not in token, f"{where}: RAY_AUTH_TOKEN is written into the manifest"
+    ref = token.get("valueFrom", {}).get("secretKeyRef", {})
+    assert ref == {"name": AUTH_SECRET, "key": "auth_token"}, f"{where}: RAY_AUTH_TOKEN not from Secret {AUTH_SECRET}"
+
+
+@pytest.mark.parametrize("which", ["raycluster", "rayjob"])
+def test_kuberay_token_auth(which):
+    doc = raycluster() if which == "raycluster" else rayjob()
+    spec = doc["spec"] if which == "raycluster" else doc["spec"]["rayClusterSpec"]
+    assert spec.get("authOptions") == {"mode": "token", "secretName": AUTH_SECRET}, (
+        f"{which}: authOptions must turn token auth on with the Secret {AUTH_SECRET}")
+    # Also spelled out per container: an operator that drops authOptions must
+    # still start an authenticated cluster (or none, while the Secret is missing).
+    for where, c, _ in _ray_containers(spec):
+        _check_token_env(_env(c), f"{which}[{where}]")
+    _check_token_env({e["name"]: e for e in spec["autoscalerOptions"].get("env", [])}, f"{which}[autoscaler]")
+    if which == "rayjob":
+        for c in doc["spec"]["submitterPodTemplate"]["spec"]["containers"]:
+            _check_token_env(_env(c), f"rayjob[submitter.{c['name']}]")
+
+
+def test_kuberay_dashboard_exposure():
+    # Long-lived cluster: reached with `kubectl port-forward` only.
+    assert dashboard_host_kuberay(raycluster()["spec"]) in LOOPBACK
+    # RayJob: on the pod network for the operator, so never beyond the cluster.
+    for where, spec in (("raycluster", raycluster()["spec"]), ("rayjob", rayjob()["spec"]["rayClusterSpec"])):
+        head = spec["headGroupSpec"]
+        assert head.get("serviceType", "ClusterIP") == "ClusterIP", f"{where}: head Service exposed outside"
+        assert not head.get("enableIngress"), f"{where}: an Ingress would expose the dashboard"
+
+
+def dockerfile_user() -> tuple[int, int | None]:
+    """(uid, gid) of the image's final USER, which must be numeric."""
+    users = [args for word, args in dockerfile_instructions() if word == "USER"]
+    assert users, "cluster/Dockerfile sets no USER (the base image's may change)"
+    m = re.fullmatch(r"(\d+)(?::(\d+))?", users[-1])
+    assert m, f"the final USER {users[-1]!r} must be numeric, so runAsNonRoot can verify it"
+    return int(m.group(1)), int(m.group(2)) if m.group(2) else None
+
+
+def test_dockerfile_drops_sudo_and_runs_as_non_root():
+    steps = dockerfile_instructions()
+    runs = [args for word, args in steps if word == "RUN"]
+    for args in runs:
+        assert "NOPASSWD" not in args, f"a RUN step grants passwordless sudo: {args}"
+        assert not re.search(r"(^|[;&|({]\s*|\b(then|do|exec)\s+)sudo\b", args), f"a RUN step uses sudo: {args}"
+    # The official base image gives `ray` passwordless sudo; the image must remove it.
+    assert any(re.search(r"apt-get (purge|remove)\b[^;&|]*\bsudo\b", args) for args in runs), (
+        "cluster/Dockerfile does not remove the base image's sudo")
+    uid, _ = dockerfile_user()
+    assert uid != 0, "the image must end as a non-root USER"
+
+
+def _effective(c: dict, pod: dict, key: str):
+    """A securityContext field as the kubelet applies it: the container's, else the pod's."""
+    return c.get("securityContext", {}).get(key, pod.get("securityContext", {}).get(key))
+
+
+def _check_hardened(c: dict, pod: dict, where: str, uid: int) -> None:
+    sc = c.get("securityContext")
+    assert sc, f"{where}: no securityContext"
+    assert _effective(c, pod, "runAsNonRoot") is True, f"{where}: runAsNonRoot"
+    assert _effective(c, pod, "runAsUser") == uid, f"{where}: runAsUser must be the image's uid {uid}"
+    assert sc.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation"
+    assert not sc.get("privileged"), f"{where}: privileged"
+    assert "ALL" in sc.get("capabilities", {}).get("drop", []), f"{where}: capabilities not dropped"
+    assert not sc.get("capabilities", {}).get("add"), f"{where}: capabilities added"
+    assert sc.get("readOnlyRootFilesystem") is True, f"{where}: root filesystem is writable"
+    seccomp = _effective(c, pod, "seccompProfile") or {}
+    assert seccomp.get("type") == "RuntimeDefault", f"{where}: seccompProfile"
+
+
+def _check_writable_dirs(c: dict, pod: dict, where: str, extra: tuple[str, ...] = ()) -> None:
+    """A read-only root needs /tmp (and `extra`) on emptyDirs, and every cache
+    directory named in the environment inside a mounted volume."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    for path in ("/tmp", *extra):
+        assert path in mounts and "emptyDir" in volumes[mounts[path]], f"{where}: {path} is not an emptyDir"
+    for name, var in _env(c).items():
+        if name in WRITABLE_DIR_VARS:
+            value = var.get("value", "")
+            assert any(value == m or value.startswith(m.rstrip("/") + "/") for m in mounts), (
+                f"{where}: {name}={value} is on the read-only root filesystem")
+
+
+@pytest.mark.parametrize("which", ["raycluster", "rayjob"])
+def test_kuberay_containers_are_hardened(which):
+    uid, gid = dockerfile_user()
+    doc = raycluster() if which == "raycluster" else rayjob()
+    spec = doc["spec"] if which == "raycluster" else doc["spec"]["rayClusterSpec"]
+    pods = [pod for _, pod in _pod_templates(spec)]
+    if which == "rayjob":
+        pods.append(doc["spec"]["submitterPodTemplate"]["spec"])
+    for pod in pods:
+        # Pod level too: it also covers the init containers KubeRay injects.
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert gid is None or pod["securityContext"].get("fsGroup") == gid, "fsGroup must be the image's gid"
+        for c in pod["containers"]:
+            where = f"{which}[{c['name']}]"
+            _check_hardened(c, pod, where, uid)
+            # Ray's temp dir /tmp/ray holds logs, sockets and spilled objects.
+            _check_writable_dirs(c, pod, where, () if "submitter" in c["name"] else ("/tmp/ray", "/dev/shm"))
+    # The autoscaler sidecar runs in the head pod; KubeRay adds its /tmp/ray.
+    head_pod = spec["headGroupSpec"]["template"]["spec"]
+    _check_hardened(spec["autoscalerOptions"], head_pod, f"{which}[autoscaler]", uid)
+    _check_writable_dirs(spec["autoscalerOptions"], head_pod, f"{which}[autoscaler]")
+
+
+# A literal token: RAY_AUTH_TOKEN=abc..., auth_token: abc... (a committed Secret).
+LITERAL_TOKEN = re.compile(r"""(RAY_AUTH_TOKEN|\bauth_token)\s*[=:]\s*["']?(?![$<{])[\w.+/-]{8,}""")
+
+
+def test_no_token_is_written_into_cluster_files():
+    for path in cluster_files():
+        for m in LITERAL_TOKEN.finditer(path.read_text(errors="replace")):
+            raise AssertionError(f"{path.relative_to(ROOT)}: a literal Ray auth token: {m.group(0)!r}")
 
 
 # ----------------------------------------------------------------------------- cross-file
@@ -410,3 +617,8 @@ def test_readme_covers_every_config_and_placeholder():
         assert mode in readme
     for knob in ("use_gpu", "gpus_per_actor", "storage_path"):
         assert knob in readme
+    # How to get in: the token, and the tunnels to a loopback-only dashboard.
+    for step in ("export RAY_AUTH_MODE=token", "ray get-auth-token --generate", "RAY_AUTH_TOKEN_PATH",
+                 f"kubectl create secret generic {AUTH_SECRET}", "ray dashboard cluster/", "kubectl port-forward",
+                 "ssh -L 8265:127.0.0.1:8265"):
+        assert step in readme, f"cluster/README.md does not show {step!r}"

@@ -9,9 +9,13 @@ into a run folder goes through :class:`Storage`, backed by ``pyarrow.fs``
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fnmatch
 import hashlib
+import os
 import posixpath
+import secrets
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,6 +37,39 @@ def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a local file, read in chunks (never the whole file in memory)."""
     with open(path, "rb") as f:
         return sha256_stream(f)
+
+
+def fsync_path(path: str | Path) -> None:
+    """fsync a local file, or a folder (which makes a rename or a new entry in it durable).
+    Filesystems that cannot fsync a folder (EINVAL on some network mounts) are let be."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Replace a local file so readers see the old bytes or the new, never a mix, even after
+    a crash: a temp file with a name no other writer shares, fsynced, renamed over ``path``,
+    then the folder fsynced so the rename itself is durable."""
+    folder, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)  # 0o666: umask applies
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_path(folder or ".")
 
 
 def is_uri(path: str) -> bool:
@@ -75,15 +112,12 @@ class Storage:
         return self.fs.get_file_info(self._path(rel)).type == pafs.FileType.File
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write atomically where the filesystem allows it (local: temp + rename;
+        """Write atomically where the filesystem allows it (local: ``write_atomic``;
         object stores: a PUT is atomic already)."""
         path = self._path(rel)
         self.fs.create_dir(posixpath.dirname(path), recursive=True)
         if isinstance(self.fs, pafs.LocalFileSystem):
-            tmp = path + ".tmp"
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
-            self.fs.move(tmp, path)
+            write_atomic(path, data)
         else:
             with self.fs.open_output_stream(path) as f:
                 f.write(data)

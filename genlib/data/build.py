@@ -1,24 +1,33 @@
 """Build a sharded WebDataset corpus from a folder or archive of raw images.
 
-Stages: enumerate (sorted) -> process in parallel (decode + recipe) ->
-de-duplicate by sha256 -> seeded split -> optional palette -> write shards,
-index, rejects and manifest into a temp folder -> atomic rename. Every input
-file ends in exactly one of ``index.parquet`` or ``rejects.parquet``.
+Stages: scan (walk the input once, hash every file as a stream, sorted) ->
+process in parallel (each worker reads its files itself, decodes, applies the
+recipe; PNGs are spilled to a file in the temp folder) -> de-duplicate by sha256
+-> seeded split -> optional palette -> write shards, index, rejects and manifest
+into the temp folder -> fsync -> atomic rename. Every input file ends in exactly
+one of ``index.parquet`` or ``rejects.parquet``.
+
+Memory does not grow with the input's bytes: the driver keeps a few hundred bytes
+of metadata per input (path, sha256, reason, spill offset), never the images.
 
 Parallelism is pluggable: :class:`LocalMapper` (a process pool) here, and a Ray
 mapper in ``genlib.distributed.build`` for cluster builds; both map
-``process_chunk`` over chunks of raw items.
+``process_chunk`` over chunks of :class:`RawItem` references.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
+import socket
 import sys
+from array import array
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -34,16 +43,18 @@ from PIL import Image
 from tqdm import tqdm
 
 import genlib
-from genlib.config import config_hash, to_dict
+from genlib.config import to_dict
 from genlib.data import palette as pal
 from genlib.data import schema
 from genlib.data.process import Processed, process_chunk
 from genlib.data.recipe import CorpusRecipe
 from genlib.images import encode_png, image_grid
-from genlib.data.sources import RawItem, iter_items, read_boxes
-from genlib.storage import sha256_file
+from genlib.data.sources import RawItem, read_boxes, scan, stream_members
+from genlib.storage import fsync_path, sha256_file
 
 CHUNK = 64  # raw items per unit of parallel work
+SPILL = ".samples.spill"  # processed PNGs while the build runs (inside the temp folder, removed before the rename)
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"  # in temp names: builds on shared disks
 
 
 class CorpusExistsError(RuntimeError):
@@ -98,7 +109,7 @@ class BuildResult:
                  f"  accepted {m['accepted']} ({splits}) in {len(m['shards'])} shards",
                  f"  rejected {m['rejected']}"]
         for reason, n in sorted(m["rejects_by_reason"].items()):
-            lines.append(f"    {reason:<13} {n:>6}  ({schema.REJECT_REASONS[reason]})")
+            lines.append(f"    {reason:<15} {n:>6}  ({schema.REJECT_REASONS[reason]})")
         if self.up_to_date:
             lines.insert(0, "up to date: inputs, recipe and shards match; nothing rebuilt")
         return "\n".join(lines)
@@ -111,39 +122,61 @@ def build_corpus(input_path: str | Path, out_dir: str | Path, recipe: CorpusReci
     if not input_path.exists():
         raise FileNotFoundError(f"input not found: {input_path}")
     boxes = read_boxes(recipe.box_file) if recipe.box_file else None
+    clean_stale_temps(out_dir)
     existing = _check_existing(out_dir, force)
-    items = list(_with_boxes(iter_items(input_path), boxes))
+    items = _with_boxes(_scan(input_path, recipe, progress), boxes)
     fingerprint = _fingerprint(items, recipe)
     if existing is not None:
         if _up_to_date(out_dir, existing, fingerprint):
             return BuildResult(out_dir, existing, up_to_date=True)
         if not force:
             raise CorpusExistsError(_explain_mismatch(out_dir, existing, fingerprint))
-    results = _process_all(items, recipe, mapper or LocalMapper(), progress)
-    del items
-    return _write_atomically(out_dir, input_path, recipe, results, fingerprint)
+    tmp = _fresh_temp(out_dir)
+    try:
+        with Spill(tmp / SPILL, len(items)) as spill:
+            results = _process_all(items, recipe, mapper or LocalMapper(), progress, spill)
+            del items  # from here on only the slim results
+            manifest = _write_corpus(tmp, input_path, recipe, results, fingerprint, spill)
+        _publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return BuildResult(out_dir, manifest, rejects=Counter(manifest["rejects_by_reason"]))
 
 
-def _with_boxes(items: Iterator[RawItem], boxes: dict | None) -> Iterator[RawItem]:
-    for item in items:
-        if boxes is not None:
+def _scan(input_path: Path, recipe: CorpusRecipe, progress: bool) -> list[RawItem]:
+    bar = tqdm(unit="file", desc="scanning", disable=not progress, file=sys.stderr, mininterval=1.0)
+    with bar:
+        return scan(input_path, recipe.max_file_bytes, on_item=lambda _: bar.update())
+
+
+def _with_boxes(items: list[RawItem], boxes: dict | None) -> list[RawItem]:
+    if boxes is not None:
+        for item in items:
             item.box = boxes.get(item.source.rsplit("/", 1)[-1])
-        yield item
+    return items
 
 
 def _fingerprint(items: list[RawItem], recipe: CorpusRecipe) -> dict:
-    """What the corpus content depends on: every input's path and bytes, the recipe
-    and the on-disk format version."""
+    """What the corpus content depends on: every input's path and sha256 (or why the scan
+    refused it), the recipe and the on-disk format version."""
     h = hashlib.sha256()
     for item in items:
-        if item.data is not None:
-            item.sha256 = hashlib.sha256(item.data).hexdigest()  # reused by process_item: hashed once
-        digest = item.sha256 or f"error:{item.error}"
+        digest = item.sha256 if item.reason is None else f"error:{item.error}"
         h.update(f"{item.source}\t{digest}\t{item.box}\n".encode())
     inputs = h.hexdigest()
-    rhash = config_hash(recipe)
+    rhash = recipe_hash(recipe)
     corpus_id = hashlib.sha256(f"{inputs}:{rhash}:{schema.FORMAT_VERSION}".encode()).hexdigest()[:16]
     return {"inputs_sha256": inputs, "input_files": len(items), "recipe_hash": rhash, "corpus_id": corpus_id}
+
+
+def recipe_hash(recipe: CorpusRecipe) -> str:
+    """``config_hash`` of the recipe without ``max_file_bytes``: what the cap refuses is already
+    in the inputs fingerprint (an ``error:`` line), and leaving it out keeps the ids of corpora
+    built before the cap existed."""
+    fields = to_dict(recipe)
+    fields.pop("max_file_bytes")
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def _check_existing(out_dir: Path, force: bool) -> dict | None:
@@ -188,52 +221,157 @@ def _explain_mismatch(out_dir: Path, manifest: dict, fingerprint: dict) -> str:
             f"{'; '.join(why)}. Pass --force to rebuild it, or choose another output folder")
 
 
-def _process_all(items: list[RawItem], recipe: CorpusRecipe, mapper: Mapper, progress: bool) -> list[Processed]:
-    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
-    results: list[Processed] = []
+# --------------------------------------------------------------------------- process
+
+
+class Spill:
+    """Processed PNGs appended to one file in the build's temp folder as they arrive: the
+    driver keeps 16 bytes per input (offset and length, by ``Processed.seq``), not the images
+    (CelebA at 64 px is ~2 GB of PNGs). Shards are written from it in key order."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        self.path = path
+        self._file = open(path, "w+b")
+        self._end = 0
+        self._dirty = False
+        self._offset = array("Q", bytes(8 * count))  # [count] per input seq
+        self._length = array("Q", bytes(8 * count))
+
+    def __enter__(self) -> "Spill":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def put(self, r: Processed) -> None:
+        """Move ``r.png`` to disk."""
+        if r.png is not None:
+            self._file.write(r.png)
+            self._offset[r.seq], self._length[r.seq] = self._end, len(r.png)
+            self._end += len(r.png)
+            r.png = None
+            self._dirty = True
+
+    def png(self, r: Processed) -> bytes:
+        if self._dirty:
+            self._file.flush()
+            self._dirty = False
+        return os.pread(self._file.fileno(), self._length[r.seq], self._offset[r.seq])
+
+
+def _process_all(items: list[RawItem], recipe: CorpusRecipe, mapper: Mapper, progress: bool,
+                 spill: Spill) -> list[Processed]:
+    """Every item's outcome, in scan (source) order, with the PNGs moved to ``spill``."""
+    results: list[Processed | None] = [None] * len(items)
+    rejected = 0
     bar = tqdm(total=len(items), unit="img", desc="processing", disable=not progress,
                file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
     with bar:
+        chunks = _work_chunks(items, recipe.max_file_bytes)
         for chunk_result in mapper.map_chunks(partial(process_chunk, recipe=recipe), chunks):
-            results.extend(chunk_result)
+            for r in chunk_result:
+                spill.put(r)
+                results[r.seq] = r
+                rejected += r.reason is not None
             bar.update(len(chunk_result))
-            bar.set_postfix(rejected=sum(r.reason is not None for r in results), refresh=False)
-    results.sort(key=lambda r: r.source)
+            bar.set_postfix(rejected=rejected, refresh=False)
+    if None in results:  # a mapper that drops a chunk would otherwise lose inputs silently
+        raise RuntimeError(f"{results.count(None)} inputs came back from the mapper without a result")
     return results
+
+
+def _work_chunks(items: list[RawItem], max_bytes: int) -> Iterator[list[RawItem]]:
+    """Chunks of CHUNK items for the mapper. They carry references, not bytes (the worker
+    reads its files itself), except members of compressed tars: those have no random
+    access, so one sequential pass here hands them over with their bytes, and the mapper's
+    bound on chunks in flight bounds the memory that takes."""
+    streamed: dict[str, list[RawItem]] = {}
+    direct = []
+    for item in items:
+        if item.reason is None and item.ref.kind == "tarstream":
+            streamed.setdefault(item.ref.path, []).append(item)
+        else:
+            direct.append(item)
+    yield from _batched(direct, CHUNK)
+    for path, members in streamed.items():
+        yield from _batched(stream_members(path, members, max_bytes), CHUNK)
+
+
+def _batched(items: Iterable, n: int) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(islice(it, n)):
+        yield chunk
 
 
 # --------------------------------------------------------------------------- write
 
 
-def _write_atomically(out_dir: Path, input_path: Path, recipe: CorpusRecipe, results: list[Processed],
-                      fingerprint: dict) -> BuildResult:
-    """Write everything into a sibling temp folder, then swap it in: an interrupted
-    build never leaves a folder that looks like a complete corpus."""
+def _fresh_temp(out_dir: Path) -> Path:
+    """An empty sibling folder to build in; renamed into place only when complete."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    tmp = _temp_path(out_dir, "tmp", os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    try:
-        manifest = _write_corpus(tmp, input_path, recipe, results, fingerprint)
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return BuildResult(out_dir, manifest, rejects=Counter(manifest["rejects_by_reason"]))
+    return tmp
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
+def _temp_path(out_dir: Path, kind: str, pid: int) -> Path:
+    """``.<name>.tmp-<pid>-<host>`` (a build in progress) or ``.<name>.old-<pid>-<host>`` (the
+    previous corpus during the swap). The host: on a shared disk, a pid means nothing elsewhere."""
+    return out_dir.parent / f".{out_dir.name}.{kind}-{pid}-{HOST}"
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """fsync the finished corpus, then swap it in: after a crash the folder holds the old
+    corpus or the complete new one, never a renamed folder with unwritten files."""
+    for path in tmp.iterdir():
+        fsync_path(path)
+    fsync_path(tmp)
     if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        old = _temp_path(out_dir, "old", os.getpid())
         out_dir.rename(old)
         tmp.rename(out_dir)
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out_dir)
+    fsync_path(out_dir.parent)
+
+
+def clean_stale_temps(out_dir: Path) -> list[Path]:
+    """Tidy what interrupted builds of ``out_dir`` left beside it (pid dead on this host):
+    delete their temp folders, and put back a previous corpus that a build moved aside
+    (``.old-``) and died before replacing. Returns the paths it removed or restored."""
+    pattern = re.compile(re.escape(f".{out_dir.name}.") + r"(tmp|old)-(\d+)(?:-([A-Za-z0-9-]+))?")
+    touched = []
+    for path in sorted(out_dir.parent.glob(f".{out_dir.name}.*")) if out_dir.parent.is_dir() else []:
+        m = pattern.fullmatch(path.name)
+        if m is None or not _dead(int(m[2]), m[3]):
+            continue
+        if m[1] == "old" and not out_dir.exists():
+            path.rename(out_dir)  # the swap died between its two renames: this is the only corpus
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        touched.append(path)
+    return touched
+
+
+def _dead(pid: int, host: str | None) -> bool:
+    """Whether the build process ``pid`` is gone. Names without a host come from genlib <= 0.1,
+    which built on this machine; another host's pids cannot be checked from here."""
+    if (host is not None and host != HOST) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
 
 
 def _write_corpus(tmp: Path, input_path: Path, recipe: CorpusRecipe, results: list[Processed],
-                  fingerprint: dict) -> dict:
+                  fingerprint: dict, spill: Spill) -> dict:
     if not results:
         raise EmptyCorpusError(f"input {input_path} contains no files")
     accepted, rejects = _dedupe(results)
@@ -242,11 +380,11 @@ def _write_corpus(tmp: Path, input_path: Path, recipe: CorpusRecipe, results: li
         raise EmptyCorpusError(f"no usable images in {input_path}: {len(rejects)} files, all rejected "
                                f"({', '.join(f'{k} {v}' for k, v in reasons.most_common())})")
     splits = assign_splits(accepted, recipe)
-    palette = _learn_palette(splits["train"], recipe)
-    shards, shard_of = _write_shards(tmp, recipe, splits, palette)
+    palette = _learn_palette(splits["train"], recipe, spill)
+    shards, shard_of = _write_shards(tmp, recipe, splits, palette, spill)
     _write_index(tmp / schema.INDEX, splits, shard_of)
     _write_rejects(tmp / schema.REJECTS, rejects)
-    _write_previews(tmp, splits["train"] or accepted, palette)
+    _write_previews(tmp, splits["train"] or accepted, palette, spill)
     manifest = _manifest(input_path, recipe, fingerprint, splits, rejects, shards, palette)
     schema.write_json(tmp / schema.MANIFEST, manifest)
     return manifest
@@ -301,20 +439,40 @@ def _decode_rgb(png: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def _learn_palette(train: list[Processed], recipe: CorpusRecipe) -> np.ndarray | None:
+def _learn_palette(train: list[Processed], recipe: CorpusRecipe, spill: Spill) -> np.ndarray | None:
     cfg = recipe.palette
     if cfg.colors == 0:
         return None
-    images = [_decode_rgb(r.png) for r in train]
-    return pal.learn_palette(images, cfg.colors, cfg.sample_pixels, cfg.iterations, cfg.seed)
+    pixels = _palette_pixels(train, recipe.size, cfg.sample_pixels, cfg.seed, spill)  # [n, 3] uint8
+    # One [n, 1, 3] "image" of n <= sample_pixels pixels: learn_palette's sampler keeps it whole.
+    return pal.learn_palette([pixels[:, None, :]], cfg.colors, cfg.sample_pixels, cfg.iterations, cfg.seed)
+
+
+def _palette_pixels(train: list[Processed], size: int, n: int, seed: int, spill: Spill) -> np.ndarray:
+    """The pixels ``palette.sample_pixels`` draws from all train images ([<= n, 3] uint8, same
+    seed, same order), decoding only the images they fall in, one at a time, instead of
+    holding every decoded image (every processed image is size x size)."""
+    per = size * size
+    if len(train) * per <= n:
+        return np.concatenate([_decode_rgb(spill.png(r)).reshape(-1, 3) for r in train])
+    picks = np.random.default_rng(seed).choice(len(train) * per, size=n, replace=False)
+    image_of, pixel_of = np.divmod(picks, per)
+    order = np.argsort(image_of, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(image_of[order]) != 0])
+    out = np.empty((n, 3), np.uint8)
+    for group in np.split(order, starts[1:]):
+        rgb = _decode_rgb(spill.png(train[image_of[group[0]]])).reshape(per, 3)
+        out[group] = rgb[pixel_of[group]]
+    return out
 
 
 def _write_shards(tmp: Path, recipe: CorpusRecipe, splits: dict[str, list[Processed]],
-                  palette: np.ndarray | None) -> tuple[list[dict], dict[str, str]]:
+                  palette: np.ndarray | None, spill: Spill) -> tuple[list[dict], dict[int, str]]:
+    """Write every split's shards; -> (shard records, shard file name by Processed.seq)."""
     import webdataset as wds  # imported here: it pulls in torch, which spawned build workers never need
 
     shards: list[dict] = []
-    shard_of: dict[str, str] = {}
+    shard_of: dict[int, str] = {}
     for split, samples in splits.items():
         if not samples:
             continue  # ShardWriter opens a file eagerly: never create an empty shard
@@ -323,10 +481,12 @@ def _write_shards(tmp: Path, recipe: CorpusRecipe, splits: dict[str, list[Proces
         counts: Counter = Counter()
         with wds.ShardWriter(pattern, maxcount=per_shard, maxsize=recipe.shards.max_bytes, verbose=0,
                              encoder=False, mtime=schema.TAR_MTIME) as writer:
+            fname = name = None
             for r in samples:
-                writer.write(_sample(r, split, palette))
-                name = Path(writer.fname).name
-                shard_of[sample_key(r.sha256)] = name
+                writer.write(_sample(r, split, palette, spill.png(r)))
+                if writer.fname != fname:  # one name str per shard, not one per sample
+                    fname, name = writer.fname, Path(writer.fname).name
+                shard_of[r.seq] = name
                 counts[name] += 1
         for name in sorted(counts):
             path = tmp / name
@@ -335,23 +495,23 @@ def _write_shards(tmp: Path, recipe: CorpusRecipe, splits: dict[str, list[Proces
     return shards, shard_of
 
 
-def _sample(r: Processed, split: str, palette: np.ndarray | None) -> dict:
+def _sample(r: Processed, split: str, palette: np.ndarray | None, png: bytes) -> dict:
     key = sample_key(r.sha256)
-    sample = {"__key__": key, schema.IMAGE_EXT: r.png,
+    sample = {"__key__": key, schema.IMAGE_EXT: png,
               schema.META_EXT: schema.sidecar(key, r.source, r.sha256, r.width, r.height, r.label, split)}
     if palette is not None:
-        idx = pal.quantize(_decode_rgb(r.png), palette)
+        idx = pal.quantize(_decode_rgb(png), palette)
         sample[schema.INDEX_EXT] = encode_png(Image.fromarray(idx, mode="L"))
     return sample
 
 
-def _write_index(path: Path, splits: dict[str, list[Processed]], shard_of: dict[str, str]) -> None:
-    rows = [(sample_key(r.sha256), split, shard_of[sample_key(r.sha256)], r.source, r.sha256,
-             r.width, r.height, r.label) for split, samples in splits.items() for r in samples]
-    columns = list(zip(*rows))
-    table = pa.Table.from_arrays([pa.array(list(c), type=f.type) for c, f in zip(columns, schema.INDEX_SCHEMA)],
-                                 schema=schema.INDEX_SCHEMA)
-    pq.write_table(table, path)
+def _write_index(path: Path, splits: dict[str, list[Processed]], shard_of: dict[int, str]) -> None:
+    rows = [(split, r) for split, samples in splits.items() for r in samples]
+    columns = {"key": [sample_key(r.sha256) for _, r in rows], "split": [s for s, _ in rows],
+               "shard": [shard_of[r.seq] for _, r in rows], "source": [r.source for _, r in rows],
+               "sha256": [r.sha256 for _, r in rows], "width": [r.width for _, r in rows],
+               "height": [r.height for _, r in rows], "label": [r.label for _, r in rows]}
+    pq.write_table(pa.Table.from_pydict(columns, schema=schema.INDEX_SCHEMA), path)
 
 
 def _write_rejects(path: Path, rejects: list[Processed]) -> None:
@@ -363,8 +523,8 @@ def _write_rejects(path: Path, rejects: list[Processed]) -> None:
     pq.write_table(table, path)
 
 
-def _write_previews(tmp: Path, samples: list[Processed], palette: np.ndarray | None) -> None:
-    images = [_decode_rgb(r.png) for r in samples[:64]]
+def _write_previews(tmp: Path, samples: list[Processed], palette: np.ndarray | None, spill: Spill) -> None:
+    images = [_decode_rgb(spill.png(r)) for r in samples[:64]]
     grid = image_grid(images, columns=8)
     Image.fromarray(grid).save(tmp / schema.PREVIEW_PNG)
     if palette is not None:

@@ -122,9 +122,15 @@ class CorpusStream(IterableDataset):
                 stages.append(wds.shuffle(spec.shuffle_buffer, spec.shuffle_buffer,
                                           seed=_seed(spec.seed, self.epoch, stream, 1, cycle)))
             stages.append(wds.map(_decoder(spec.target)))
-            yield from wds.DataPipeline(*stages)
+            seen = 0
+            for sample in wds.DataPipeline(*stages):
+                seen += 1
+                yield sample
             if not repeat:
                 return
+            if not seen:  # cycling would spin forever; batches_per_worker refuses this up front
+                raise RuntimeError(f"loader stream {stream} of {spec.streams} owns no samples "
+                                   f"({len(shards)} shards); use fewer ranks or loader workers")
 
 
 def _seed(*parts: int) -> int:
@@ -167,12 +173,20 @@ def collate(samples: list[dict]) -> dict[str, Any]:
 
 
 def batches_per_worker(count: int, batch_size: int, world_size: int, num_workers: int) -> int:
-    """Full batches each stream yields so one epoch covers ~``count`` samples in total."""
+    """Full batches each stream yields so one epoch covers ~``count`` samples in total.
+
+    Every one of the world_size x workers streams must own at least one batch of distinct
+    samples: a stream that owns none would cycle over nothing forever. Refused up front."""
+    workers = max(num_workers, 1)
     per_rank = count // (world_size * batch_size)
     if per_rank < 1:
         raise ValueError(f"{count} samples cannot fill one batch of {batch_size} on each of "
                          f"{world_size} ranks; lower the batch size")
-    return max(1, per_rank // max(num_workers, 1))
+    if per_rank < workers:
+        raise ValueError(f"{count} samples cannot fill one batch of {batch_size} for each of the "
+                         f"{world_size * workers} loader streams ({world_size} ranks x {workers} workers); "
+                         f"lower the batch size or the number of loader workers")
+    return per_rank // workers
 
 
 def make_loader(corpus: str | Path | Corpus, split: str = "train", *, batch_size: int = 64, rank: int = 0,

@@ -14,7 +14,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from genlib.data.recipe import CorpusRecipe
 from genlib.images import encode_png
-from genlib.data.sources import RawItem
+from genlib.data.sources import RawItem, Reject, read_item
+
+# The only Pillow formats ever tried on input bytes: what the recipes accept. Pillow's other
+# plugins never see them (its EPS plugin, for one, runs Ghostscript), so anything else is not_an_image.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 
 RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
@@ -25,7 +29,7 @@ RESAMPLE = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Processed:
     """The outcome for one input file: ``png`` set on success, ``reason`` otherwise."""
 
@@ -37,15 +41,7 @@ class Processed:
     label: str | None = None
     reason: str | None = None
     detail: str | None = None
-
-
-class Reject(Exception):
-    """Raised inside processing; carries a reason from schema.REJECT_REASONS."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+    seq: int = -1  # the input's position in the sorted scan
 
 
 def process_chunk(items: list[RawItem], recipe: CorpusRecipe) -> list[Processed]:
@@ -54,34 +50,55 @@ def process_chunk(items: list[RawItem], recipe: CorpusRecipe) -> list[Processed]
 
 
 def process_item(item: RawItem, recipe: CorpusRecipe) -> Processed:
-    if item.data is None:
-        return Processed(item.source, None, reason="unreadable", detail=item.error)
-    sha = item.sha256 or hashlib.sha256(item.data).hexdigest()
+    """One input -> its sample or its reject. Reads the bytes itself, where they are."""
+    if item.reason is not None:  # refused by the scan
+        return Processed(item.source, item.sha256, reason=item.reason, detail=item.error, seq=item.seq)
+    sha = None
     try:
-        if not item.data:
-            raise Reject("empty_file", "file is empty (0 bytes)")
-        image = decode(item.data)
-        width, height = image.size
-        if min(width, height) < recipe.min_size:
-            raise Reject("too_small", f"{width}x{height} is below min_size {recipe.min_size}")
-        out = apply_recipe(image, recipe, item.box)
+        data = read_item(item, recipe.max_file_bytes)
+        sha = hashlib.sha256(data).hexdigest()
+        if item.sha256 is not None and sha != item.sha256:
+            raise Reject("unreadable", "the file changed during the build (its sha256 differs from the scan's)")
+        width, height, out = _prepare(data, recipe, item.box)
     except Reject as rej:
-        return Processed(item.source, sha, reason=rej.reason, detail=rej.detail)
+        return Processed(item.source, sha, reason=rej.reason, detail=rej.detail, seq=item.seq)
     label = _label(item.source, recipe)
-    return Processed(item.source, sha, png=encode_png(out), width=width, height=height, label=label)
+    return Processed(item.source, sha, png=encode_png(out), width=width, height=height, label=label,
+                     seq=item.seq)
+
+
+def _prepare(data: bytes, recipe: CorpusRecipe, box: tuple[int, int, int, int] | None):
+    """Bytes -> (original width, height, recipe output image); raises Reject."""
+    if not data:
+        raise Reject("empty_file", "file is empty (0 bytes)")
+    image = decode(data)
+    width, height = image.size
+    if min(width, height) < recipe.min_size:
+        raise Reject("too_small", f"{width}x{height} is below min_size {recipe.min_size}")
+    return width, height, apply_recipe(image, recipe, box)
 
 
 def decode(data: bytes) -> Image.Image:
     """Bytes -> fully loaded RGB or RGBA image (GIF/APNG: first frame; EXIF
     orientation applied). Raises Reject for anything unusable."""
     try:
+        return _decode(data)
+    except Reject:
+        raise
+    except Exception as exc:  # any decoder path hostile bytes trip: one bad file must not end the build
+        raise Reject("truncated", f"the image decoder failed: {type(exc).__name__}: {exc}") from None
+
+
+def _decode(data: bytes) -> Image.Image:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             image.seek(0)
             image.load()
     except UnidentifiedImageError:
-        raise Reject("not_an_image", "not an image Pillow recognises") from None
+        names = f"{', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]}"
+        raise Reject("not_an_image", f"not a {names} image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise Reject("not_an_image", f"refused as a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -85,6 +85,10 @@ class CorpusRecipe:
     test_fraction: float = 0.0
     seed: int = 0
     """Seeds the split assignment (and nothing else)."""
+    max_file_bytes: int = 64 * 2**20
+    """Refuse (``too_large``) any input file or archive member over this many bytes, without
+    reading more than one byte past it: a 400 KB zip member that inflates to 400 MB costs
+    64 MiB at most. Not part of the recipe hash: what it refuses is in the inputs fingerprint."""
     palette: PaletteConfig = field(default_factory=PaletteConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
 
@@ -103,6 +107,7 @@ class CorpusRecipe:
         check.require("background", isinstance(bg, (tuple, list)) and len(bg) == 3
                       and all(is_int(c) and 0 <= c <= 255 for c in bg), "must be three integers in [0, 255]")
         check.number("margin", low=0, below=1)
+        check.integer("max_file_bytes", low=1)
         check.integer("alpha_threshold", low=0, high=254)
         for name in ("val_fraction", "test_fraction"):
             check.number(name, low=0, below=1)

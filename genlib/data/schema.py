@@ -70,6 +70,11 @@ REJECT_REASONS = {
     "no_content": "a sprite with no visible pixels",
     "missing_box": "the recipe uses a face-box file and it has no box for this file",
     "bad_box": "the face box lies outside the image or is empty",
+    "too_large": "over the recipe's max_file_bytes (not read past it)",
+    "not_a_file": "not a regular file: a FIFO, socket, device, or an archive member that is a link",
+    "unsafe_path": "a link or archive member name leading outside the input, or a name that is not UTF-8",
+    "repeated_folder": "a link (or mount) to a folder read under another path, or a link loop: not followed",
+    "too_deep": "nested deeper than genlib reads (folders: 64 levels; archives: no archive in an archive)",
 }
 
 

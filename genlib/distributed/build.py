@@ -13,6 +13,11 @@ from genlib.distributed.runtime import ray_session
 class RayMapper:
     """Maps chunk work over Ray tasks with bounded in-flight work.
 
+    A chunk holds references (a path, a zip entry, a tar offset), not bytes: each
+    task reads its files itself, so on a cluster the input must sit on storage
+    every node sees at the same path (as the corpus output must). Only members of
+    compressed tars travel with their bytes (see ``build._work_chunks``).
+
     Tasks are short and CPU-bound, so each takes a whole CPU by default: they
     cannot deadlock the way long-lived actors holding every CPU can, and
     fractional CPUs oversubscribe cores and make Ray start extra worker processes

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -21,7 +23,9 @@ from genlib.data import build as build_mod
 from genlib.data import schema
 from genlib.data.build import CorpusExistsError, EmptyCorpusError
 from genlib.data.corpus import open_corpus
+from genlib.data.process import process_item
 from genlib.data.recipe import CorpusRecipe, PaletteConfig, ShardConfig
+from genlib.data.sources import scan
 from tests.conftest import build, faces_recipe
 
 
@@ -382,6 +386,88 @@ def test_interrupted_build_leaves_no_corpus_and_keeps_the_old_one(raw_faces, tmp
         build(raw_faces, out, faces_recipe(size=16), force=True)
     assert open_corpus(out).manifest == good.manifest  # the previous corpus is untouched
     assert not list(tmp_path.glob(".out*"))
+
+
+def test_stale_temp_folders_are_cleaned_and_an_orphaned_corpus_restored(raw_faces, tmp_path):
+    """What killed builds leave beside the output: their temp folders go (when their pid is
+    dead on this host), and a corpus a swap moved aside and never replaced comes back."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "out"
+    good = build(raw_faces, out)
+    old = tmp_path / f".out.old-{dead.pid}-{build_mod.HOST}"
+    out.rename(old)  # the previous build died between its two renames
+    stale = [tmp_path / f".out.tmp-{dead.pid}-{build_mod.HOST}", tmp_path / f".out.tmp-{dead.pid}"]
+    alive = [tmp_path / f".out.tmp-{os.getppid()}-{build_mod.HOST}", tmp_path / f".out.tmp-{dead.pid}-otherhost"]
+    for path in stale + alive:
+        (path / "half.tar").parent.mkdir()
+        (path / "half.tar").write_bytes(b"partial")
+    again = build(raw_faces, out)
+    assert again.up_to_date and again.manifest == good.manifest  # restored, verified, not rebuilt
+    assert not old.exists() and not any(p.exists() for p in stale)
+    assert all((p / "half.tar").is_file() for p in alive)  # a live build, or another machine's
+
+
+def test_chunks_carry_references_not_bytes(raw_faces, tmp_path):
+    """Workers read their own inputs: only compressed-tar members travel with their bytes.
+    Processed PNGs are spilled to disk, never all held by the driver."""
+    files = all_files(raw_faces)[:6]
+    src = tmp_path / "src"
+    shutil.copytree(raw_faces, src)
+    for archive, mode in (("p.tar", "w"), ("p.tar.gz", "w:gz")):
+        with tarfile.open(src / archive, mode) as t:
+            for name in files:
+                t.add(raw_faces / name, name)
+    with zipfile.ZipFile(src / "p.zip", "w") as z:
+        for name in files:
+            z.write(raw_faces / name, name)
+    items = scan(src, max_bytes=2**20)
+    chunks = list(build_mod._work_chunks(items, 2**20))
+    sent = [i for c in chunks for i in c]
+    assert sorted(i.seq for i in sent) == list(range(len(items))) == [i.seq for i in items]
+    assert all(i.data is None for i in sent if not i.source.startswith("p.tar.gz/"))
+    assert {i.ref.kind for i in sent} == {"file", "zip", "tar", "tarstream"}
+    assert all(i.data is not None for i in sent if i.source.startswith("p.tar.gz/"))
+    assert all(i.data is None for i in items)  # the scan's list stays byte-free
+    with build_mod.Spill(tmp_path / "spill", len(items)) as spill:
+        results = build_mod._process_all(items, faces_recipe(), build_mod.LocalMapper(1), False, spill)
+        assert [r.source for r in results] == [i.source for i in items]
+        assert all(r.png is None for r in results) and results[-1].reason is None
+        for r in (results[0], results[-1]):
+            with Image.open(io.BytesIO(spill.png(r))) as im:
+                assert im.size == (32, 32)
+
+
+def test_a_file_changed_during_the_build_is_rejected(tmp_path):
+    (tmp_path / "a.png").write_bytes(png_bytes(Image.new("RGB", (20, 20), "red")))
+    (item,) = scan(tmp_path, max_bytes=2**20)
+    (tmp_path / "a.png").write_bytes(png_bytes(Image.new("RGB", (20, 20), "blue")))
+    result = process_item(item, faces_recipe())
+    assert result.reason == "unreadable" and "changed during the build" in result.detail
+
+
+def test_the_size_cap_does_not_change_corpus_ids():
+    """The cap is not in the recipe hash (what it refuses is in the inputs fingerprint), so
+    corpora built before it existed keep their ids; ef1bc1f34e436c5b is genlib 0.1's hash."""
+    assert build_mod.recipe_hash(faces_recipe()) == "ef1bc1f34e436c5b"
+    assert build_mod.recipe_hash(faces_recipe(max_file_bytes=10)) == "ef1bc1f34e436c5b"
+    assert build_mod.recipe_hash(faces_recipe(size=16)) != "ef1bc1f34e436c5b"
+
+
+def test_palette_pixels_match_the_in_memory_sampler(tmp_path):
+    from genlib.data import palette as pal
+
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8) for _ in range(30)]
+    with build_mod.Spill(tmp_path / "spill", len(images)) as spill:
+        train = []
+        for i, im in enumerate(images):
+            r = build_mod.Processed(f"{i}.png", f"{i:064x}", png=png_bytes(Image.fromarray(im)), seq=i)
+            spill.put(r)
+            train.append(r)
+        for n in (100, 30 * 64):  # a sample, and every pixel
+            got = build_mod._palette_pixels(train, 8, n, seed=5, spill=spill)
+            assert (got.astype(np.float32) == pal.sample_pixels(images, n, 5)).all()
 
 
 # ---------------------------------------------------------------- real corpora

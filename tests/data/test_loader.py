@@ -112,6 +112,25 @@ def test_loader_errors_are_clear(faces_corpus, tmp_path):
         CorpusStream(StreamSpec(shards=["x.tar"], batch_size=1, rank=2, world_size=2))
 
 
+def test_too_few_samples_for_every_stream_is_refused_before_training(faces_corpus):
+    """36 train samples, batch 10: 3 full batches, fewer than 4 loader streams. One stream would
+    own no batch and cycle over nothing forever; refused up front (train.prepare_run calls this)."""
+    assert batches_per_worker(36, 9, 1, 4) == 1
+    with pytest.raises(ValueError, match=r"36 samples cannot fill one batch of 10 for each of the 4 loader "
+                                         r"streams \(1 ranks x 4 workers\)"):
+        batches_per_worker(36, 10, 1, 4)
+    with pytest.raises(ValueError, match="for each of the 4 loader streams"):
+        make_loader(faces_corpus, batch_size=10, num_workers=4)
+
+
+def test_a_stream_that_owns_no_sample_raises_instead_of_spinning(faces_corpus):
+    """The 4 val samples sit in 4 one-sample shards; with 5 streams the last owns none."""
+    corpus = open_corpus(faces_corpus)
+    spec = StreamSpec(shards=corpus.shards("val"), batch_size=1, rank=4, world_size=5, batches_per_worker=1)
+    with pytest.raises(RuntimeError, match="loader stream 4 of 5 owns no samples"):
+        next(iter(CorpusStream(spec)))
+
+
 def test_sprites_corpus_streams_rgb(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -12,9 +12,14 @@ the trainer logs ``images_per_s`` per ``log_every`` window in the run's
 CPU (default): trainer (1 worker, ``cpus_per_worker`` = ``--threads``) vs the
 plain loop, ratio trainer/plain; then 1 -> 2 worker scaling at the same global
 batch (1 worker x 1 thread vs 2 workers x 1 thread each; efficiency =
-img/s(2) / (2 x img/s(1))). ``--gpu``: the plain loop and the trainer
+img/s(2) / (2 x img/s(1))), plus the 2-worker DCGAN with the models' ``reduce_once``
+knob off (D all-reduced three times per step instead of once; ratio on/off, and the
+all-reduce seconds per step from metrics.csv's ``time_allreduce_s``). ``--gpu``: the plain loop and the trainer
 (``use_gpu=True``) with ``amp`` "none" and "bf16", plus the plain loop on one
 fixed on-device batch (the model's ceiling without the loader).
+
+Every run ends by checking that no process of its Ray session outlived ``ray.shutdown()``
+(stragglers are killed and reported; the JSON's ``machine.ray_cleanup``): exit 1 if any remain.
 
     .venv/bin/python benchmarks/bench_train.py                        # CPU: ~5 min idle 2-core box
     .venv/bin/python benchmarks/bench_train.py --steps 120 --repeats 2 --json train.json
@@ -35,6 +40,7 @@ from pathlib import Path
 import torch
 
 from _common import build_demo_corpus, machine  # benchmarks/_common.py
+from genlib.distributed.train import PHASES
 
 CPU_DEFAULTS = {"batch_size": 64, "width": 32, "steps": 40, "log_every": 5, "loader_workers": 0, "count": 2000}
 GPU_DEFAULTS = {"batch_size": 128, "width": 64, "steps": 400, "log_every": 50, "loader_workers": 4, "count": 8000}
@@ -59,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=200, help="trainer checkpoint (+ eval) interval")
     p.add_argument("--sample-every", type=int, default=200, help="trainer sample-grid interval")
     p.add_argument("--no-scaling", action="store_true", help="CPU: skip the 1 -> 2 worker scaling part")
+    p.add_argument("--reduce-knob", default="reduce_once",
+                   help="DCGANConfig flag measured on vs off at 2 workers ('' to skip)")
     p.add_argument("--repeats", type=int, default=1, help="measurements per case (order alternates)")
     p.add_argument("--ray-poll-interval", type=float, metavar="S",
                    help=f"set {RAY_POLL_ENV} before Ray starts (Ray's default: 2 s)")
@@ -86,26 +94,30 @@ def steady(windows: list[tuple[int, float]], warmup: int) -> dict:
 
 
 def trainer_case(args, corpus: Path, storage: Path, name: str, workers: int, cpus: float,
-                 amp: str = "none") -> dict:
-    """One ``run_training`` call; its windows come from the run's metrics.csv."""
+                 amp: str = "none", model: dict | None = None) -> dict:
+    """One ``run_training`` call; its windows (and per-step phase seconds) come from the run's metrics.csv."""
     from genlib.distributed.train import run_training
     from genlib.train.config import TrainConfig
     from genlib.train.rundir import read_metrics
 
-    cfg = TrainConfig(corpus=str(corpus), model={"family": "dcgan", "ngf": args.width, "ndf": args.width},
+    cfg = TrainConfig(corpus=str(corpus), model={"family": "dcgan", "ngf": args.width, "ndf": args.width,
+                                                 **(model or {})},
                       steps=args.steps, batch_size=args.batch_size, num_workers=workers, use_gpu=args.gpu,
                       cpus_per_worker=cpus, loader_workers=args.loader_workers, log_every=args.log_every,
                       checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, amp=amp,
                       max_failures=0, storage_path=str(storage), name=name)
     start = time.perf_counter()
-    outcome = run_training(cfg)
+    outcome = run_training(cfg, progress=False)  # keep this table's stdout clean
     wall = time.perf_counter() - start
     windows, prev = [], 0
-    for row in read_metrics(outcome.run_dir):
+    rows = read_metrics(outcome.run_dir)
+    for row in rows:
         images = (int(row["step"]) - prev) * args.batch_size
         windows.append((images, images / float(row["images_per_s"])))
         prev = int(row["step"])
     out = steady(windows, args.warmup_windows)
+    out["phases_s_per_step"] = {p: statistics.median(float(r[f"time_{p}_s"]) for r in rows[args.warmup_windows:]
+                                                     or rows[-1:]) for p in PHASES if f"time_{p}_s" in rows[-1]}
     out["outside_windows_s"] = wall - sum(s for _, s in windows)  # Ray Train start/stop, final ckpt, report
     return out
 
@@ -174,15 +186,32 @@ def cases(args) -> list[dict]:
     if not args.no_scaling:
         out.append({"label": "trainer 2 workers x 1 thr", "kind": "trainer", "workers": 2, "cpus": 1,
                     "threads": 1})
+        if reduce_knob(args):  # the label above runs the default (on)
+            out.append({"label": f"trainer 2 workers x 1 thr, {args.reduce_knob}=off", "kind": "trainer",
+                        "workers": 2, "cpus": 1, "threads": 1, "model": {args.reduce_knob: False}})
     return out
+
+
+def reduce_knob(args) -> bool:
+    """Whether the models engineer's DDP reduce-once flag exists in DCGANConfig (a note if not)."""
+    from dataclasses import fields
+
+    from genlib.models.dcgan import DCGANConfig
+
+    if not args.reduce_knob:
+        return False
+    if args.reduce_knob not in {f.name for f in fields(DCGANConfig)}:
+        print(f"note: DCGANConfig has no '{args.reduce_knob}' flag yet: its on/off case is skipped", file=sys.stderr)
+        return False
+    return True
 
 
 def measure(args, corpus: Path, storage: Path, case: dict, repeat: int) -> dict:
     """Run one case once; prints a progress line to stderr."""
     amp = case.get("amp", "none")
     if case["kind"] == "trainer":
-        name = f"{case['label'].replace(' ', '_').replace('=', '-')}-r{repeat}"
-        result = trainer_case(args, corpus, storage, name, case["workers"], case["cpus"], amp)
+        name = f"{case['label'].replace(', ', '_').replace(' ', '_').replace('=', '-')}-r{repeat}"
+        result = trainer_case(args, corpus, storage, name, case["workers"], case["cpus"], amp, case.get("model"))
     else:
         result = plain_case(args, corpus, case["threads"], amp, fixed=case["kind"] == "fixed")
     print(f"  {case['label']} (repeat {repeat}): {result['images_per_s']:.1f} img/s", file=sys.stderr)
@@ -219,6 +248,9 @@ def ratios(args, rows: list[dict], key: str = "images_per_s") -> dict[str, float
     if not args.no_scaling:
         out["scaling efficiency 1 -> 2 workers x 1 thr"] = (r["trainer 2 workers x 1 thr"]
                                                             / (2 * r["trainer 1 worker x 1 thr"]))
+        off = f"trainer 2 workers x 1 thr, {args.reduce_knob}=off"
+        if off in r:
+            out[f"2 workers: {args.reduce_knob} on / off"] = r["trainer 2 workers x 1 thr"] / r[off]
     return out
 
 
@@ -236,6 +268,12 @@ def print_table(args, rows: list[dict]) -> None:
         spread = f"{row['window_min']:.1f} / {row['window_median']:.1f} / {row['window_max']:.1f}"
         print(f"{row['label']:<30}{row['workers']:>7}{row['threads']:>8}{args.batch_size:>6}{ips:9.1f}   "
               f"{spread:<29}{args.batch_size / ips:7.3f}")
+    phased = [row for row in rows if row["runs"][0].get("phases_s_per_step")]
+    if phased:
+        print(f"\n{'per-step seconds (metrics.csv, median window)':<50}" + "".join(f"{p:>10}" for p in PHASES))
+        for row in phased:
+            phases = row["runs"][0]["phases_s_per_step"]
+            print(f"{row['label']:<50}" + "".join(f"{phases.get(p, float('nan')):10.4f}" for p in PHASES))
     print(f"\n{'ratio':<50}{'img/s':>7}{'window medians':>16}")
     robust = ratios(args, rows, "window_median")
     for name, value in ratios(args, rows).items():
@@ -263,16 +301,35 @@ def ray_poll_interval() -> float:
 
 
 
-def start_ray(args) -> float:
-    """Start the embedded Ray the trainer will join (not timed in any figure)."""
+def start_ray(args) -> tuple[float, str]:
+    """Start the embedded Ray the trainer will join (not timed in any figure); returns
+    (seconds, its session folder)."""
     import ray
+
+    from genlib.distributed.runtime import current_session_dir
 
     if args.ray_poll_interval is not None:  # read by Ray Train's controller, which inherits this environment
         os.environ[RAY_POLL_ENV] = str(args.ray_poll_interval)
     cpus = max(os.cpu_count() or 1, args.threads, 2)  # logical CPUs: the scaling part needs 2 x 1
     start = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=args.ray_logs)
-    return time.perf_counter() - start
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=args.ray_logs,
+             logging_level="INFO" if args.ray_logs else "ERROR")
+    return time.perf_counter() - start, current_session_dir()
+
+
+def stop_ray(session_dir: str) -> dict:
+    """ray.shutdown(), then genlib's clean-up (as in ``ray_session``): processes of this
+    session still alive after the grace period are killed. Reports what it found."""
+    import ray
+
+    from genlib.distributed.runtime import session_processes, stop_processes
+
+    ray.shutdown()
+    killed = stop_processes(session_processes(session_dir))
+    left = [p.pid for p in session_processes(session_dir)]
+    print(f"Ray clean-up: {len(killed)} process(es) of the session outlived ray.shutdown() and were killed, "
+          f"{len(left)} left", file=sys.stderr)
+    return {"killed_after_shutdown": killed, "left": left}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,13 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         corpus = Path(args.corpus) if args.corpus else build_demo_corpus(work, args.count)
         print(f"corpus {corpus} prepared in {time.perf_counter() - t:.0f}s", file=sys.stderr)
-        info["ray_start_s"] = start_ray(args)
+        info["ray_start_s"], session_dir = start_ray(args)
         try:
             rows = run_suite(args, corpus, work / "runs")
         finally:
-            import ray
-
-            ray.shutdown()
+            info["ray_cleanup"] = stop_ray(session_dir)
     info["loadavg_end"] = os.getloadavg()
     info["ray_poll_interval_s"] = ray_poll_interval()
     figures = {"images_per_s": ratios(args, rows), "window_median": ratios(args, rows, "window_median")}
@@ -303,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"benchmark": "train", "args": vars(args), "machine": info,
                                                "ratios": figures, "results": rows}, indent=2))
-    return 0
+    return 1 if info["ray_cleanup"]["left"] else 0
 
 
 if __name__ == "__main__":

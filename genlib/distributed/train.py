@@ -6,12 +6,33 @@ torch.distributed lines of training live in this file, under numbered banners.
 
 Resume and exactness:
 - a restarted worker group (``FailureConfig``) and an explicit ``--resume`` both
-  start from ``ray.train.get_checkpoint()``, i.e. the step it stored;
+  start from ``ray.train.get_checkpoint()``, i.e. the step it stored; ``--resume``
+  refuses a corpus other than the one the run was trained on unless forced;
 - the data position is a pure function of the step (fixed batches per epoch,
   seeded shuffles; already-consumed batches of the epoch are skipped), and the
   global torch RNG is reseeded from (seed, rank, step) before every step, so a
   resumed run takes exactly the optimiser steps an uninterrupted run would.
 - ``ray.train.report`` is a barrier: every rank calls it at the same (checkpoint) steps.
+
+Collectives: every rank runs the same collectives in the same order. Evaluation
+runs on *every* rank (its share of the validation split, the same batch count on
+all ranks, results all-reduced), because on GPUs BatchNorm is SyncBatchNorm, whose
+train-mode forward (the discriminator in ``DCGAN.evaluate``) is an all-gather.
+Sampling runs on rank 0 alone, in eval mode, which is collective-free.
+
+Where each rank's time goes (``metrics.csv`` columns, per-step means over the log
+window, averaged over ranks; per rank in ``ranks/rank-NNN.json``)::
+
+    time_data_s       waiting for the next batch
+    time_compute_s    family.train_step: forward, backward, optimiser (includes the all-reduce wait)
+    time_allreduce_s  wall time DDP gradient all-reduces were in flight (overlaps compute)
+    time_report_s     metric reduction, evaluation, samples, checkpoint, ray.train.report
+                      (of the previous log step: it happens after that row is written)
+
+Per-rank record (``ranks/rank-000.json``, written by each rank at checkpoints and at
+the end): rank, world size, node id, hostname, pid, the node's custom Ray resources,
+device, BatchNorm classes, the train shards read in each epoch, and the phase
+seconds of every log window.
 """
 
 from __future__ import annotations
@@ -19,28 +40,37 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from genlib.config import ConfigError, from_dict, to_dict
-from genlib.data.corpus import open_corpus
+from genlib.data.corpus import Corpus, open_corpus
 from genlib.data.loader import batches_per_worker, make_loader
 from genlib.distributed.runtime import ray_session
-from genlib.models.base import Family
+from genlib.models.base import Family, unwrap
 from genlib.models.registry import build_family, resolve_model_config, spec
 from genlib.storage import Storage, absolute, join
-from genlib.train.checkpoint import load_checkpoint, save_state
+from genlib.train.checkpoint import CheckpointError, load_checkpoint, save_state
 from genlib.train.config import TrainConfig
 from genlib.train.report import write_report
-from genlib.train.rundir import RunDir
+from genlib.train.rundir import METRICS_CSV, RunDir, read_metrics
 
 FAIL_MARKER = ".fail_at_step.done"
+RANKS = "ranks"                         # per-rank records: ranks/rank-000.json, ...
+PHASES = ("data", "compute", "allreduce", "report")
+IMAGE_COUNT_KEYS = ("n_images", "num_images")  # Family.evaluate's image count (DCGAN/VAE, PixelRNN)
+PROGRESS_KEYS = ("loss", "loss_d", "loss_g", "nelbo", "bits_per_dim", "val_bits_per_dim", "images_per_s")
 
 
 @dataclass
@@ -52,17 +82,25 @@ class TrainOutcome:
     report: str | None
 
 
+def rank_record_path(rank: int) -> str:
+    return f"{RANKS}/rank-{rank:03d}.json"
+
+
 # ============================================================================ driver
 
 
-def prepare_run(cfg: TrainConfig, resume: str | None = None) -> tuple[TrainConfig, str, dict]:
+def prepare_run(cfg: TrainConfig, resume: str | None = None,
+                force_corpus: bool = False) -> tuple[TrainConfig, str, dict]:
     """Validate config + corpus and pick the run folder, before any worker starts.
 
     ``resume``: a run folder (path or URI); its stored config is used, except
-    ``steps`` when given (to extend a finished run)."""
+    ``steps`` when given (to extend a finished run). It must still find the corpus
+    the run was trained on at the stored path, unless ``force_corpus``."""
+    stored_info: dict = {}
     if resume:
-        stored = RunDir(absolute(resume)).info().get("train")
-        if stored is None:
+        stored_info = RunDir(absolute(resume)).info()
+        stored = dict(stored_info.get("train") or {})
+        if not stored:
             raise ConfigError(f"--resume {resume}: not a genlib run folder (run.json missing)")
         parent, name = absolute(resume).rstrip("/").rsplit("/", 1)
         stored.update(steps=cfg.steps if cfg.steps != TrainConfig.steps else stored["steps"])
@@ -80,34 +118,129 @@ def prepare_run(cfg: TrainConfig, resume: str | None = None) -> tuple[TrainConfi
                           f"or choose another name")
     cfg = from_dict(TrainConfig, {**to_dict(cfg), "name": name, "corpus": str(Path(cfg.corpus).resolve()),
                                   "storage_path": storage_path})
+    if resume:
+        return cfg, run_dir, resumed_info(run_dir, stored_info, corpus, force_corpus)
     info = {"train": to_dict(cfg), "model_config": _jsonable(model_cfg), "corpus_id": corpus.corpus_id}
     return cfg, run_dir, info
 
 
-def run_training(cfg: TrainConfig, resume: str | None = None, address: str | None = None) -> TrainOutcome:
-    """Train on the local embedded Ray (default) or the cluster at ``address``/``RAY_ADDRESS``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # lazy: heavy
-    from ray.train.torch import TorchTrainer
+def resumed_info(run_dir: str, info: dict, corpus: Corpus, force: bool) -> dict:
+    """run.json of a resumed run: unchanged, or (forced onto another corpus) with the new
+    corpus id and the earlier ones in ``previous_corpus_ids``. ConfigError when the corpus
+    differs from the one the weights were trained on and ``force`` is off."""
+    trained = trained_corpus_id(run_dir, info)
+    if trained in (None, corpus.corpus_id):
+        return info
+    if not force:
+        raise ConfigError(f"--resume {run_dir}: the run was trained on corpus {trained}, but the corpus at "
+                          f"{corpus.root} is now {corpus.corpus_id}; pass --force-corpus to continue on it")
+    previous = [*info.get("previous_corpus_ids", []), trained]
+    return {**info, "corpus_id": corpus.corpus_id, "previous_corpus_ids": previous}
 
-    cfg, run_dir, info = prepare_run(cfg, resume)
-    if not resume:
-        RunDir(run_dir).init(info)
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"train": to_dict(cfg), "run_dir": run_dir},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=cfg.name, storage_path=cfg.storage_path,
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
-    )
-    with ray_session(address):
-        result = trainer.fit()
+
+def trained_corpus_id(run_dir: str, info: dict) -> str | None:
+    """The corpus id of the newest complete checkpoint (what the weights saw), else run.json's."""
+    try:
+        found = load_checkpoint(run_dir).corpus_id
+    except CheckpointError:
+        found = None
+    if found in (None, "unknown"):
+        found = info.get("corpus_id")
+    return found
+
+
+def run_training(cfg: TrainConfig, resume: str | None = None, address: str | None = None,
+                 force_corpus: bool = False, progress: bool = True) -> TrainOutcome:
+    """Train on the local embedded Ray (default) or the cluster at ``address``/``RAY_ADDRESS``;
+    ``progress``: print a line per logged step (see :class:`ProgressPrinter`)."""
+    cfg, run_dir, info = prepare_run(cfg, resume, force_corpus)
+    run = RunDir(run_dir)
+    if not resume or info != run.info():  # a forced corpus change is recorded before training
+        run.init(info)
+    trainer = make_trainer(cfg, run_dir)
+    with ray_session(address), ProgressPrinter(run_dir, cfg.steps, enabled=progress) as printer:
+        try:
+            result = trainer.fit()
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Ray Train aborts the run, then exits
+            print(f"genlib: training stopped after step {printer.last_step}; continue it from its last "
+                  f"checkpoint with: genlib train --resume {run_dir}", file=sys.stderr, flush=True)
+            raise
     report = write_report(run_dir)
     checkpoint = result.checkpoint.path if result.checkpoint else None
     metrics = dict(result.metrics or {})
     return TrainOutcome(run_dir, int(metrics.get("step", 0)), metrics, checkpoint, report)
+
+
+def make_trainer(cfg: TrainConfig, run_dir: str):
+    """The TorchTrainer of one run (building it starts nothing)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # lazy: heavy
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": to_dict(cfg), "run_dir": run_dir},
+        # timeout_s bounds every collective: a rank left waiting fails the attempt instead of hanging
+        torch_config=TorchConfig(timeout_s=cfg.collective_timeout_s),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=resources_per_worker(cfg)),
+        run_config=RunConfig(name=cfg.name, storage_path=cfg.storage_path,
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+    )
+
+
+def resources_per_worker(cfg: TrainConfig) -> dict[str, float]:
+    return {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+
+
+class ProgressPrinter:
+    """Driver side: print one progress line per new metrics.csv row (rank 0 writes it).
+
+    The workers print nothing, so each line appears once whether or not Ray forwards
+    worker output (``--verbose``), under ``ray job submit`` too. A restarted worker
+    group rewinds the log to its checkpoint; the redone steps are printed again."""
+
+    def __init__(self, run_dir: str, steps: int, interval: float = 1.0, enabled: bool = True) -> None:
+        self.storage, self.steps, self.interval, self.enabled = Storage(run_dir), steps, interval, enabled
+        self.last_step, self.last_size = 0, -1
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll_until_stopped, name="genlib-progress", daemon=True)
+
+    def __enter__(self) -> "ProgressPrinter":
+        self.last_step = max((int(r["step"]) for r in read_metrics(self.storage)), default=0)  # a resumed run
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.poll()  # rows written between the last poll and the end
+
+    def _poll_until_stopped(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        try:
+            size = self.storage.size(METRICS_CSV) if self.storage.is_file(METRICS_CSV) else -1
+            if size == self.last_size:
+                return
+            self.last_size, rows = size, read_metrics(self.storage)
+        except (OSError, ValueError):  # caught mid-rename on some filesystems: next poll
+            return
+        last = max((int(r["step"]) for r in rows), default=0)
+        self.last_step = min(self.last_step, last)  # rewound by a restart
+        for row in rows:
+            if int(row["step"]) > self.last_step:
+                if self.enabled:
+                    print(progress_line(row, self.steps), flush=True)
+                self.last_step = int(row["step"])
+
+
+def progress_line(row: dict[str, Any], steps: int) -> str:
+    shown = {k: row[k] for k in PROGRESS_KEYS if isinstance(row.get(k), (int, float))}
+    text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+    return f"[train] step {row['step']}/{steps} ({100 * row['step'] / steps:.0f}%) {text}"
 
 
 # ============================================================================ worker
@@ -139,33 +272,176 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         run.resume_metrics(step)
     if cfg.compile:
         family.wrap(torch.compile)
+    comm = CommTimer(cuda=device.type == "cuda")
     if world > 1:
-        family.wrap(lambda net: _ddp(net, device))
+        family.wrap(lambda net: _ddp(convert_batchnorm(net, device, cfg), device, comm))
 
     # [3] Train, reporting metrics (and rank 0's checkpoint) at the same steps on every rank.
-    loop = _Loop(cfg, family, loader, run, rank, world, device, corpus)
+    record = RankRecord(run, rank, world, corpus, step, where_am_i(device, family))
+    loop = _Loop(cfg, family, loader, run, rank, world, device, corpus, comm, record)
     loop.run(step)
 
 
-def _ddp(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def _ddp(net: nn.Module, device: torch.device, comm: "CommTimer") -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     if not any(p.requires_grad for p in net.parameters()):
         return net
+    ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp.register_comm_hook(comm, timed_allreduce)  # the default all-reduce, timed
+    return ddp
+
+
+def convert_batchnorm(net: nn.Module, device: torch.device, cfg: TrainConfig) -> nn.Module:
+    """Batch statistics over the global batch: SyncBatchNorm on GPUs (it refuses CPU
+    tensors). On CPU, ``cfg.sync_bn_standin`` (a testing aid) swaps in
+    :class:`CollectiveBatchNorm2d`, which performs a collective in its train-mode forward
+    as SyncBatchNorm does, so CI can check the collective pattern of a GPU run."""
     if device.type == "cuda":
-        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # batch stats over the global batch
-        return DistributedDataParallel(net, device_ids=[device.index])
-    return DistributedDataParallel(net)
+        return nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if cfg.sync_bn_standin:
+        for module in net.modules():
+            if type(module) is nn.BatchNorm2d:
+                module.__class__ = CollectiveBatchNorm2d  # same parameters and buffers, same state_dict
+    return net
+
+
+class CollectiveBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose train-mode forward also all-reduces its batch mean (the result is
+    unused: the maths stay BatchNorm2d's). A rank that runs it while the others do not
+    waits, exactly like SyncBatchNorm's all-gather."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist  # lazy, like the other torch.distributed uses here
+
+        if self.training and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(x.detach().mean(dim=(0, 2, 3)))  # [C]
+        return super().forward(x)
+
+
+def batchnorm_classes(family: Family) -> list[str]:
+    return sorted({type(m).__name__ for net in family.networks.values() for m in unwrap(net).modules()
+                   if isinstance(m, nn.modules.batchnorm._BatchNorm)})
+
+
+def where_am_i(device: torch.device, family: Family) -> dict[str, Any]:
+    """This rank's node (id, hostname, custom Ray resources), pid, device and BatchNorm kind."""
+    import ray  # lazy, as in train_loop_per_worker
+
+    node_id = ray.get_runtime_context().get_node_id()
+    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), {})
+    standard = {"CPU", "GPU", "memory", "object_store_memory"}
+    custom = {k: v for k, v in (node.get("Resources") or {}).items()
+              if k not in standard and not k.startswith(("node:", "accelerator_type:"))}
+    return {"node_id": node_id, "hostname": socket.gethostname(), "node_ip": node.get("NodeManagerAddress"),
+            "pid": os.getpid(), "node_resources": custom, "device": str(device),
+            "batchnorm": batchnorm_classes(family)}
+
+
+# ============================================================================ timing
+
+
+class CommTimer:
+    """Time in flight of the DDP gradient all-reduces of one step (a comm hook feeds it).
+
+    CPU (gloo): wall time from each bucket's launch until its future completes; buckets
+    overlap each other and the backward pass, so a step counts the union of the spans.
+    GPU (NCCL): CUDA events around each all-reduce on its stream (serialised there, so summed)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.spans: list[tuple[Any, Any]] = []  # appended from gloo's thread: list.append is atomic
+
+    def start(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def stop(self, start) -> None:
+        end = time.perf_counter() if not self.cuda else torch.cuda.Event(enable_timing=True)
+        if self.cuda:
+            end.record()  # in the future's callback: after the all-reduce on its stream
+        self.spans.append((start, end))
+
+    def collect(self) -> float:
+        """Seconds of this step's all-reduces (all have completed: DDP waits for them in backward)."""
+        spans, self.spans = self.spans, []
+        if self.cuda:
+            for _, end in spans:
+                end.synchronize()
+            return sum(start.elapsed_time(end) for start, end in spans) / 1000.0
+        return covered_seconds(spans)
+
+
+def timed_allreduce(comm: CommTimer, bucket):
+    """DDP comm hook: PyTorch's default all-reduce (average over ranks), timed by ``comm``."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook  # lazy: torch.distributed
+
+    start = comm.start()
+
+    def done(fut):
+        comm.stop(start)
+        return fut.value()
+
+    return allreduce_hook(None, bucket).then(done)
+
+
+def covered_seconds(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals."""
+    total, reached = 0.0, -math.inf
+    for start, end in sorted(spans):
+        if end > reached:
+            total += end - max(start, reached)
+            reached = end
+    return total
+
+
+class RankRecord:
+    """``ranks/rank-NNN.json`` of one rank (see the module doc); a restarted rank keeps the
+    windows and shards its earlier attempts recorded up to the step it resumes from."""
+
+    def __init__(self, run: RunDir, rank: int, world: int, corpus: Corpus, step: int, where: dict) -> None:
+        self.storage, self.rel = run.storage, rank_record_path(rank)
+        old = json.loads(self.storage.read_text(self.rel)) if self.storage.is_file(self.rel) else {}
+        self.data = {"rank": rank, "world_size": world, **where, "started_at_step": step,
+                     "shards_by_epoch": old.get("shards_by_epoch", {}),
+                     "windows": [w for w in old.get("windows", []) if w["step"] <= step]}
+        self.corpus = corpus
+        self.shard_of: dict[str, str] | None = None
+
+    def saw(self, epoch: int, keys: list[str]) -> None:
+        """Note the shards the batch ``keys`` came from."""
+        if self.shard_of is None:  # key -> shard file, once per rank
+            index = self.corpus.index().select(["key", "shard"]).to_pydict()
+            self.shard_of = dict(zip(index["key"], index["shard"]))
+        shards = self.data["shards_by_epoch"].setdefault(str(epoch), [])
+        for shard in {self.shard_of.get(k, "?") for k in keys} - set(shards):
+            shards.append(shard)
+        shards.sort()
+
+    def window(self, step: int, steps: int, seconds: float, phases: dict[str, float]) -> None:
+        self.data["windows"].append({"step": step, "steps": steps, "seconds": seconds,
+                                     **{f"{k}_s": v for k, v in phases.items()}})
+
+    def write(self) -> None:
+        self.storage.write_text(self.rel, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+
+
+# ============================================================================ loop
 
 
 class _Loop:
     """The step loop of one rank (kept apart so the worker function stays a page)."""
 
     def __init__(self, cfg: TrainConfig, family: Family, loader, run: RunDir, rank: int, world: int,
-                 device: torch.device, corpus) -> None:
+                 device: torch.device, corpus: Corpus, comm: CommTimer, record: RankRecord) -> None:
         self.cfg, self.family, self.loader, self.run_dir = cfg, family, loader, run
         self.rank, self.world, self.device, self.corpus = rank, world, device, corpus
+        self.comm, self.record = comm, record
         self.window: dict[str, list[float]] = {}
+        self.phases = dict.fromkeys(PHASES, 0.0)
         self.window_start = time.perf_counter()
         self.window_steps = 0
 
@@ -173,43 +449,63 @@ class _Loop:
         cfg, per_epoch = self.cfg, len(self.loader)
         while step < cfg.steps:
             epoch, done_in_epoch = divmod(step, per_epoch)
+            mark = time.perf_counter()
             self.loader.dataset.set_epoch(epoch)
             batches = iter(self.loader)
             for _ in range(done_in_epoch):  # resume mid-epoch at the exact batch
                 next(batches)
             for batch in batches:
+                self.phases["data"] += time.perf_counter() - mark
+                self.record.saw(epoch, batch["key"])
                 step = self.step(batch, step)
+                mark = time.perf_counter()
                 if step >= cfg.steps:
                     break
+        self._close_record(step)
 
     def step(self, batch: dict, step: int) -> int:
         cfg = self.cfg
         self._maybe_die(step + 1)
         torch.manual_seed(hash((cfg.seed, self.rank, step)) & 0x7FFFFFFF)
+        start = time.perf_counter()
         metrics = self.family.train_step(batch)  # autocast / loss scaling happen inside the family
+        self.phases["compute"] += time.perf_counter() - start
+        self.phases["allreduce"] += self.comm.collect()
         step += 1
         for k, v in metrics.items():
             self.window.setdefault(k, []).append(float(v))
         self.window_steps += 1
-        last = step == cfg.steps
-        if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step % cfg.sample_every == 0 or last:
-            self.report(step, checkpoint=step % cfg.checkpoint_every == 0 or last,
-                        sample=step % cfg.sample_every == 0 or last)
+        due = self.due(step)
+        if any(due.values()):
+            start = time.perf_counter()
+            self.report(step, **due)
+            self.phases["report"] += time.perf_counter() - start
+            if due["checkpoint"]:
+                self.record.write()
         return step
 
-    def report(self, step: int, checkpoint: bool, sample: bool) -> None:
-        """Log metrics (all ranks take part in the all-reduce; rank 0 writes) and, at
-        checkpoint steps only, call ``ray.train.report`` on every rank. Ray Train V2
-        collects reports every ~2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so reporting
-        each log step would throttle fast (GPU) steps to one window per 2 s."""
-        row = {"step": step, "epoch": (step - 1) // len(self.loader), **self._averaged()}
+    def due(self, step: int) -> dict[str, bool]:
+        """What happens after ``step``; the same answer on every rank (evaluation and
+        checkpoints are collective)."""
+        cfg, last = self.cfg, step == self.cfg.steps
+        checkpoint = step % cfg.checkpoint_every == 0 or last
+        return {"log": step % cfg.log_every == 0 or last, "checkpoint": checkpoint,
+                "sample": step % cfg.sample_every == 0 or last,
+                # Evaluation point: at checkpoints (TrainConfig.eval_every is to be wired in here).
+                "evaluate": checkpoint and cfg.eval_batches > 0}
+
+    def report(self, step: int, log: bool, checkpoint: bool, sample: bool, evaluate: bool) -> None:
+        """Log metrics (all ranks take part in the all-reduce; rank 0 writes), evaluate on
+        every rank, and at checkpoint steps only, call ``ray.train.report`` on every rank.
+        Ray Train V2 collects reports every ~2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so
+        reporting each log step would throttle fast (GPU) steps to one window per 2 s."""
+        row = {"step": step, "epoch": (step - 1) // len(self.loader), **self._averaged(step)}
+        if evaluate:
+            row.update({f"val_{k}": v for k, v in self._evaluate().items() if k not in IMAGE_COUNT_KEYS})
         if self.rank == 0:
-            if checkpoint and self.cfg.eval_batches:
-                row.update({f"val_{k}": v for k, v in self._evaluate().items() if k != "n_images"})
             if sample:
                 self.run_dir.save_samples(self._samples(), step)
             self.run_dir.log(row)
-            _print_progress(row, self.cfg.steps)
         if checkpoint:
             self._checkpoint(step, row)
 
@@ -225,33 +521,59 @@ class _Loop:
         else:
             ray.train.report(row, checkpoint=None)
 
-    def _averaged(self) -> dict[str, float]:
-        """Window means of every metric, averaged over ranks, plus throughput."""
+    def _averaged(self, step: int) -> dict[str, float]:
+        """Window means of every metric and per-step phase seconds, averaged over ranks,
+        plus throughput; the window's phases also go to this rank's record."""
         keys = sorted(self.window)
-        local = torch.tensor([_finite_mean(self.window[k]) for k in keys], dtype=torch.float64, device=self.device)
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(local)
-            local /= self.world
         elapsed = time.perf_counter() - self.window_start
-        images = self.window_steps * self.cfg.batch_size
-        out = dict(zip(keys, local.tolist()))
-        out["images_per_s"] = images / max(elapsed, 1e-9)
+        steps = max(self.window_steps, 1)
+        values = [_finite_mean(self.window[k]) for k in keys] + [self.phases[p] / steps for p in PHASES]
+        local = torch.tensor(values, dtype=torch.float64, device=self.device)
+        self._all_reduce(local)
+        local /= self.world
+        out = dict(zip(keys + [f"time_{p}_s" for p in PHASES], local.tolist()))
+        out["images_per_s"] = self.window_steps * self.cfg.batch_size / max(elapsed, 1e-9)
+        self.record.window(step, self.window_steps, elapsed, self.phases)
         self.window, self.window_steps, self.window_start = {}, 0, time.perf_counter()
+        self.phases = dict.fromkeys(PHASES, 0.0)
         return out
 
     def _evaluate(self) -> dict[str, float]:
-        from itertools import islice
+        """Every rank evaluates its own share of the split, the same number of batches (the
+        minimum over ranks, at most ``eval_batches``), and the per-image means are averaged
+        weighted by image counts. Equal counts matter: a SyncBatchNorm forward is collective."""
+        split = "val" if self.corpus.count("val") >= self.world else "train"  # >= 1 sample per rank
+        loader = make_loader(self.corpus, split, batch_size=self.cfg.per_worker_batch, rank=self.rank,
+                             world_size=self.world, num_workers=0, target=spec(self.cfg.family).target,
+                             train=False)
+        batches = list(islice(loader, self.cfg.eval_batches))
+        count = torch.tensor([len(batches)], dtype=torch.float64, device=self.device)
+        self._all_reduce(count, op="min")
+        if count.item() == 0:
+            return {}
+        metrics = self.family.evaluate(batches[:int(count.item())])
+        name = next(k for k in IMAGE_COUNT_KEYS if k in metrics)
+        keys = sorted(k for k in metrics if k != name)
+        n = metrics[name]
+        sums = torch.tensor([metrics[k] * n for k in keys] + [n], dtype=torch.float64, device=self.device)
+        self._all_reduce(sums)
+        return {**{k: v / sums[-1].item() for k, v in zip(keys, sums[:-1].tolist())}, name: sums[-1].item()}
 
-        val = "val" if self.corpus.count("val") else "train"
-        loader = make_loader(self.corpus, val, batch_size=self.cfg.per_worker_batch, num_workers=0,
-                             target=spec(self.cfg.family).target, train=False)
-        return self.family.evaluate(islice(loader, self.cfg.eval_batches))
+    def _all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> None:
+        if self.world > 1:
+            import torch.distributed as dist  # lazy: only multi-rank runs use it
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
 
     def _samples(self) -> torch.Tensor:
         generator = torch.Generator(device="cpu").manual_seed(self.cfg.seed)  # same z every time
         return self.family.sample(self.cfg.sample_count, generator=generator)
+
+    def _close_record(self, step: int) -> None:
+        """The last report's time has no later window: record it as a zero-step window."""
+        self.record.window(step, 0, self.phases["report"], {**dict.fromkeys(PHASES, 0.0),
+                                                             "report": self.phases["report"]})
+        self.record.write()
 
     def _maybe_die(self, step: int) -> None:
         """Testing aid: simulate a worker crash once (the marker survives restarts)."""
@@ -265,13 +587,6 @@ def _finite_mean(values: list[float]) -> float:
     """Mean over finite values (fp16 steps skipped for overflow report inf grad norms)."""
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else float("nan")
-
-
-def _print_progress(row: dict[str, Any], steps: int) -> None:
-    shown = {k: v for k, v in row.items() if k in ("loss", "loss_d", "loss_g", "nelbo", "bits_per_dim",
-                                                   "val_bits_per_dim", "images_per_s")}
-    text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
-    print(f"[train] step {row['step']}/{steps} ({100 * row['step'] / steps:.0f}%) {text}", flush=True)
 
 
 # ============================================================================ checkpoints

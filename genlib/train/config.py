@@ -36,7 +36,8 @@ class TrainConfig:
     """Write a sample grid every N steps (and at the end)."""
     sample_count: int = 64
     eval_batches: int = 4
-    """Validation batches per evaluation (at each checkpoint); 0 disables evaluation."""
+    """Validation batches per rank per evaluation (at each checkpoint; every rank evaluates its
+    own share, the same number of batches); 0 disables evaluation."""
     seed: int = 0
     amp: Literal["none", "bf16", "fp16"] = "none"
     """Mixed precision autocast on GPU (ignored on CPU)."""
@@ -44,12 +45,18 @@ class TrainConfig:
     """``torch.compile`` the networks."""
     max_failures: int = 2
     """Worker-group restarts from the latest checkpoint before the run fails."""
+    collective_timeout_s: int = 1800
+    """Seconds a rank may wait in one collective (all-reduce, barrier) before the attempt
+    fails (then ``max_failures`` applies): a rank left waiting never hangs the run forever."""
     storage_path: str = "runs"
     """Folder or URI (s3://, gs://, ...) holding run folders."""
     name: str = ""
     """Run folder name; empty: ``{family}-{timestamp}``."""
     fail_at_step: int = 0
     """Testing aid: the first attempt of rank 0 dies at this step (0 = never)."""
+    sync_bn_standin: bool = False
+    """Testing aid: on CPU with several workers, BatchNorm layers perform a collective in
+    their train-mode forward, as SyncBatchNorm does on GPUs (which refuses CPU tensors)."""
 
     def __post_init__(self) -> None:
         check = Fields(self)
@@ -61,6 +68,7 @@ class TrainConfig:
                       f"must be divisible by num_workers = {self.num_workers}")
         for name in ("loader_workers", "eval_batches", "max_failures", "fail_at_step"):
             check.integer(name, low=0)
+        check.integer("collective_timeout_s", low=1)
         check.number("cpus_per_worker", above=0)
         check.require("model", isinstance(self.model, dict) and "family" in self.model,
                       "must be a table with a 'family' key (dcgan, vae or pixelrnn)")

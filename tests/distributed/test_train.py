@@ -7,16 +7,21 @@ each fit costs ~30 s of Ray start-up on a 2-core machine, so runs are tiny.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from genlib.config import ConfigError, from_dict
+from genlib.cli import main
+from genlib.config import ConfigError, from_dict, to_dict
+from genlib.data.corpus import open_corpus
 from genlib.data.recipe import PaletteConfig, ShardConfig
 from genlib.distributed.train import FAIL_MARKER, prepare_run, run_training
-from genlib.train.checkpoint import load_checkpoint
+from genlib.models.registry import build_family
+from genlib.train.checkpoint import load_checkpoint, save_state
 from genlib.train.config import TrainConfig
+from genlib.train.rundir import RunDir
 from tests.conftest import build, faces_recipe
 
 ray = pytest.importorskip("ray")
@@ -125,6 +130,33 @@ def test_one_and_two_workers_give_matching_losses(palette_corpus, tmp_path, loca
     assert losses[1][2] < losses[1][0]
 
 
+def test_evaluation_is_collective_safe_when_batchnorm_syncs(faces_corpus, tmp_path, local_ray):
+    """Issue 12. On GPUs BatchNorm is SyncBatchNorm: a train-mode forward (D in
+    evaluation) is a collective. The stand-in does the same on CPU; evaluation on rank 0
+    alone left it waiting for rank 1 (a hang, here cut at collective_timeout_s).
+    Also checks the per-rank records: phase timing, BatchNorm kind, disjoint shards."""
+    cfg = dcgan_cfg(faces_corpus, tmp_path, name="syncbn", num_workers=2, cpus_per_worker=0.5, steps=6,
+                    checkpoint_every=2, sample_every=3, eval_batches=2, sync_bn_standin=True,
+                    collective_timeout_s=60, max_failures=0)
+    outcome = run_training(cfg)
+    assert outcome.step == 6
+    rows = metric_rows(outcome.run_dir)
+    assert [r["step"] for r in rows if r["val_loss_d"]] == ["2", "4", "6"]  # evaluated at every checkpoint
+    assert all(0 < float(r["val_d_real"]) < 1 for r in rows if r["val_loss_d"])
+    assert (Path(outcome.run_dir) / "samples" / "step_000006.png").is_file()  # sampling: rank 0, eval mode
+    for r in rows:  # phase columns: per-step seconds averaged over ranks
+        assert float(r["time_compute_s"]) > 0 and float(r["time_allreduce_s"]) > 0
+        assert float(r["time_data_s"]) >= 0 and float(r["time_report_s"]) >= 0
+    records = [json.loads((Path(outcome.run_dir) / "ranks" / f"rank-00{k}.json").read_text()) for k in (0, 1)]
+    assert [rec["rank"] for rec in records] == [0, 1]
+    assert all(rec["batchnorm"] == ["CollectiveBatchNorm2d"] for rec in records)
+    assert sum(w["steps"] for w in records[1]["windows"]) == 6
+    for epoch in ("0", "1"):  # each rank read its own shards; together, the whole split
+        mine, theirs = (set(rec["shards_by_epoch"][epoch]) for rec in records)
+        assert mine and theirs and not mine & theirs
+        assert mine | theirs == {f"t-train-00000{i}.tar" for i in range(4)}
+
+
 # ------------------------------------------------------------------ fail fast, no Ray needed
 
 
@@ -151,3 +183,33 @@ def test_bad_runs_fail_before_any_worker_starts(faces_corpus, tmp_path):
         prepare_run(from_dict(TrainConfig, ok), resume=str(tmp_path / "taken"))
     with pytest.raises(ConfigError, match="TrainConfig.batch_size: must be divisible by num_workers = 2, got 9"):
         from_dict(TrainConfig, {**ok, "batch_size": 9, "num_workers": 2})
+
+
+def test_resume_refuses_another_corpus_unless_forced(faces_corpus, tmp_path, capsys):
+    """Issue 10: --resume compares the corpus the run was trained on (newest complete
+    checkpoint, else run.json) with the corpus now at the stored path."""
+    now = open_corpus(faces_corpus).corpus_id
+    cfg, run_dir, info = prepare_run(dcgan_cfg(faces_corpus, tmp_path, name="r"))
+    RunDir(run_dir).init({**info, "corpus_id": "0123456789abcdef"})  # a run made on another corpus
+    with pytest.raises(ConfigError, match=f"trained on corpus 0123456789abcdef, but the corpus at .* is now {now}; "
+                                          "pass --force-corpus"):
+        prepare_run(cfg, resume=run_dir)
+    assert main(["train", "--resume", run_dir]) == 2  # before any Ray: one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("genlib: error: --resume") and err.count("\n") == 1
+    assert "0123456789abcdef" in err and now in err
+
+    _, _, forced = prepare_run(cfg, resume=run_dir, force_corpus=True)
+    assert forced["corpus_id"] == now and forced["previous_corpus_ids"] == ["0123456789abcdef"]
+    assert forced["train"] == RunDir(run_dir).info()["train"]
+
+    # The newest complete checkpoint names what the weights saw; it wins over run.json.
+    RunDir(run_dir).init(info)
+    folder = Path(run_dir) / "checkpoint_2026-01-01_00-00-00.000000"
+    folder.mkdir()
+    save_state(build_family(cfg.model, open_corpus(faces_corpus), "cpu"), 4, to_dict(cfg), "fedcba9876543210",
+               None, folder)
+    with pytest.raises(ConfigError, match="trained on corpus fedcba9876543210"):
+        prepare_run(cfg, resume=run_dir)
+    save_state(build_family(cfg.model, open_corpus(faces_corpus), "cpu"), 4, to_dict(cfg), now, None, folder)
+    assert prepare_run(cfg, resume=run_dir)[2] == RunDir(run_dir).info()  # same corpus: resumes, run.json kept

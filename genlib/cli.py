@@ -4,7 +4,9 @@
     genlib data info CORPUS
     genlib data demo-raw OUT [--count N]
     genlib train --config run.toml [--corpus DIR] [--set steps=500] [--resume RUN_DIR]
+    genlib scale --config run.toml --workers 1,2,4 [--mode strong|weak] [--steps N] [--warmup N] --out DIR
     genlib report RUN_DIR
+    genlib eval RUN_DIR [--checkpoint DIR] [--corpus DIR --split NAME] [--samples N] [--completion]
     genlib render --requests requests.parquet [--config render.toml] [--set actors=4]
     genlib render --kind style --input photos/ --params '{"style": ["starry.jpg"]}' --output renders/
     genlib demo [--workdir runs/demo]
@@ -28,10 +30,15 @@ from genlib.data.recipe import CorpusRecipe
 from genlib.demo.faces import generate_demo_faces
 from genlib.distributed.build import RayMapper
 from genlib.distributed.render import run_render
+from genlib.distributed.runtime import set_verbose
+from genlib.distributed.scale import efficiency_note, parse_workers, run_scaling
 from genlib.distributed.train import run_training
+from genlib.eval.run import EvalConfig, evaluate_run
+from genlib.eval.record import dumps as eval_json
 from genlib.pipeline import PipelineConfig, build_demo_corpus, run_pipeline
 from genlib.render.config import RenderConfig
 from genlib.render.kinds import KINDS
+from genlib.render.manifest import compact_manifest
 from genlib.render.requests import load_requests, requests_from_inputs
 from genlib.train.config import TrainConfig
 from genlib.train.report import write_report
@@ -50,6 +57,8 @@ USER_ERRORS = (UserError, ConfigError, FileNotFoundError, ValueError, CorpusExis
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        set_verbose(True)
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_USAGE
@@ -62,10 +71,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genlib", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verbose", action="store_true", help="also show Ray's own log lines and worker output")
     sub = parser.add_subparsers(title="commands")
     _add_data(sub)
     _add_train(sub)
+    _add_scale(sub)
     _add_render(sub)
+    _add_eval(sub)
     demo = sub.add_parser("demo", help="demo faces -> corpus -> DCGAN -> renders -> report.html, on local Ray")
     demo.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
     demo.add_argument("--count", type=int, default=512, help="number of demo faces to draw")
@@ -114,6 +126,8 @@ def _add_train(sub) -> None:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a field, e.g. --set steps=500 --set model.ngf=32")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its latest checkpoint")
+    train.add_argument("--force-corpus", action="store_true",
+                       help="with --resume: continue even though the corpus differs from the one trained on")
     train.add_argument("--ray-address", default=None, help="Ray address (default: RAY_ADDRESS or embedded)")
     train.set_defaults(func=cmd_train)
     report = sub.add_parser("report", help="(re)write a run's report.html")
@@ -132,7 +146,43 @@ def _add_render(sub) -> None:
     render.add_argument("--output", help="output folder or URI (overrides the config)")
     render.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     render.add_argument("--ray-address", default=None, help="Ray address (default: RAY_ADDRESS or embedded)")
+    render.add_argument("--compact", action="store_true",
+                        help="compact the manifest (alone: only that; with requests: after rendering)")
     render.set_defaults(func=cmd_render)
+
+
+def _add_eval(sub) -> None:
+    ev = sub.add_parser("eval", help="measure a run's checkpoint on held-out images (FD/KID, IWAE, bits/dim, "
+                                     "completion) -> RUN_DIR/eval.json")
+    ev.add_argument("run_dir", help="training run folder (path or URI)")
+    ev.add_argument("--checkpoint", help="checkpoint folder to evaluate (default: the run's newest complete one)")
+    ev.add_argument("--corpus", help="corpus folder (default: the one the model was trained on)")
+    ev.add_argument("--split", choices=["test", "val", "train"],
+                    help="default: test if non-empty, else val, else train")
+    ev.add_argument("--samples", type=int, default=EvalConfig.samples,
+                    help=f"cap on images generated/compared/evaluated/completed (default {EvalConfig.samples})")
+    ev.add_argument("--iterations", type=int, default=EvalConfig.iterations,
+                    help=f"z-search iterations per completion (default {EvalConfig.iterations})")
+    ev.add_argument("--completion", action="store_true", help="DCGAN: also measure mask completion vs baselines")
+    ev.add_argument("--feature-net", default=EvalConfig.feature_net, help="efficientnet_lite0 (offline) or "
+                                                                         "inception_v3 (torchvision weights)")
+    ev.add_argument("--feature-weights", default="default", metavar="PATH",
+                    help="state dict of the feature network (offline inception_v3), default: its own")
+    ev.add_argument("--iwae-k", type=int, default=None, help="VAE importance samples (default 64 GPU, 16 CPU)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    config = EvalConfig(split=args.split, samples=args.samples, iterations=args.iterations,
+                        completion=args.completion, feature_net=args.feature_net,
+                        feature_weights=args.feature_weights, iwae_k=args.iwae_k,
+                        seed=args.seed, progress=not args.quiet)
+    print(eval_json(evaluate_run(args.run_dir, checkpoint=args.checkpoint, corpus=args.corpus, config=config,
+                                 device=args.device)), end="")
+    return 0
 
 
 def _toml_str(value: str) -> str:
@@ -141,12 +191,19 @@ def _toml_str(value: str) -> str:
 
 def cmd_render(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"output={_toml_str(args.output)}"] if args.output else [])
-    config = load_config(RenderConfig, args.config, overrides)
+    config = load_config(RenderConfig, args.config, overrides + (["compact=true"] if args.compact else []))
+    if args.compact and not (args.requests or args.kind):
+        print(f"compacted {config.output}/manifest/: {compact_manifest(config.output)}")
+        return 0
     if bool(args.requests) == bool(args.kind):
         raise UserError("give either --requests FILE or --kind with --input")
     requests = (load_requests(args.requests) if args.requests
                 else requests_from_inputs(args.kind, args.input, args.params))
-    print(run_render(requests, config, address=args.ray_address))
+    try:
+        print(run_render(requests, config, address=args.ray_address))
+    except KeyboardInterrupt as exc:  # finished rows are saved by then; say so in one line
+        print(f"genlib: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -160,10 +217,36 @@ def load_train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    outcome = run_training(load_train_config(args), resume=args.resume, address=args.ray_address)
+    outcome = run_training(load_train_config(args), resume=args.resume, address=args.ray_address,
+                           force_corpus=args.force_corpus)
     print(f"trained to step {outcome.step}: {outcome.run_dir}")
     print(f"checkpoint: {outcome.checkpoint}")
     print(f"report:     {outcome.report}")
+    return 0
+
+
+def _add_scale(sub) -> None:
+    scale = sub.add_parser("scale", help="train one config at several worker counts -> scaling.json/.html")
+    scale.add_argument("--config", help="run config (TOML/YAML): a TrainConfig, as for genlib train")
+    scale.add_argument("--corpus", help="corpus folder (overrides the config's corpus)")
+    scale.add_argument("--model", help="model family: dcgan, vae or pixelrnn (overrides model.family)")
+    scale.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    scale.add_argument("--workers", default="1,2,4,8", help="worker counts, comma-separated (default 1,2,4,8)")
+    scale.add_argument("--mode", choices=["strong", "weak"], default="strong",
+                       help="strong: the config's global batch; weak: its per-worker batch (default strong)")
+    scale.add_argument("--steps", type=int, help="steps per count (default: the config's steps)")
+    scale.add_argument("--warmup", type=int, help="leading steps left out of the figures (default: log_every)")
+    scale.add_argument("--out", required=True, help="output folder (scaling.json, scaling.html, runs/)")
+    scale.add_argument("--ray-address", default=None, help="Ray address (default: RAY_ADDRESS or embedded)")
+    scale.set_defaults(func=cmd_scale)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    record = run_scaling(load_train_config(args), parse_workers(args.workers), mode=args.mode, steps=args.steps,
+                         warmup=args.warmup, out=args.out, address=args.ray_address)
+    print(f"{record['mode']} scaling, steady state after {record['warmup_steps']} steps:")
+    print(efficiency_note(record))
+    print(f"scaling: {args.out}/scaling.json, {args.out}/scaling.html")
     return 0
 
 

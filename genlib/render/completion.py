@@ -16,9 +16,12 @@ them, 0 in the hole. **Sign convention**: ``L_p`` is *minimised*, i.e.
 ``D(G(z))`` -> 1 ("looks real"); it is <= 0 and computed stably from D's logit
 ``l`` as ``log(1 - sigmoid(l)) = -softplus(l)``. The search is projected
 gradient descent with momentum on all ``restarts`` initialisations at once
-(one ``[R, nz]`` batch through the shared :func:`genlib.render.optim.optimize`);
+(one ``[R, nz]`` batch through the shared :func:`genlib.render.optim.optimize_batch`);
 restarts do not interact (G and D run in eval mode, so the batch is only a
-batch), and the one with the lowest final total loss wins. Finally the hole is
+batch), and the one with the lowest final total loss wins. Rows with the same
+restarts, lr, momentum and lambda (:meth:`MaskCompletion.batch_key`) search
+together: ``z [B, R, nz]``, B rows x R restarts through G and D at once, each
+row with its own image, mask, seed and iteration budget. Finally the hole is
 filled by Poisson blending (:mod:`genlib.render.poisson`) or plain pasting.
 
 Images go through G/D in ``[-1, 1]`` (the tanh range), i.e. ``2 * x - 1`` of the
@@ -27,7 +30,9 @@ Images go through G/D in ``[-1, 1]`` (the tanh range), i.e. ``2 * x - 1`` of the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +42,9 @@ from PIL import Image
 
 from genlib.config import Fields
 from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
+from genlib.render.batching import groups, single
 from genlib.render.masks import MASK_KINDS, contextual_weights, fit_mask, load_mask, make_mask, mask_image
-from genlib.render.optim import optimize
+from genlib.render.optim import Snapshots, optimize_batch
 from genlib.render.poisson import poisson_blend
 from genlib.train.checkpoint import load_checkpoint, load_family
 
@@ -82,6 +88,10 @@ class CompletionParams:
     """Poisson-blend G(z)'s hole into the input (False: paste it as is)."""
     seed: int = 0
     """Seeds the z initialisations and the random_blocks mask (>= 0)."""
+    snapshot_every: int = 0
+    """Save a progress frame every this many z-search iterations (0 = off) into
+    ``RenderOutput.frames``: the currently best restart's G(z) pasted into the hole
+    (no blending), the final output last."""
 
     def __post_init__(self) -> None:
         check = Fields(self)
@@ -97,6 +107,12 @@ class CompletionParams:
         check.number("momentum", low=0, below=1)
         check.boolean("blend")
         check.integer("seed", low=0)
+        check.integer("snapshot_every", low=0)
+
+    def check_limits(self, limits) -> None:
+        """The render config's caps (a ``genlib.render.limits.RenderLimits``); LimitError names field and cap."""
+        limits.cap(self, "iterations", "max_iterations")
+        limits.cap(self, "restarts", "max_restarts")
 
 
 # --------------------------------------------------------------------------
@@ -138,26 +154,67 @@ class MaskCompletion:
                  mask: np.ndarray | None = None) -> RenderOutput:
         """Complete ``image`` (uint8 RGB ``[H, W, 3]``). ``mask`` (bool or 0/nonzero
         ``[H, W]`` of the input's size, True = known) overrides ``params.mask``."""
+        return single(self.render_many([image], [params], [mask]))
+
+    def batch_key(self, image: np.ndarray, params: CompletionParams) -> tuple:
+        """Rows with equal keys share a batch: same restarts, step size, momentum and lambda.
+        Image, mask, window, seed, iterations, blending and snapshots stay per row."""
+        return _key(params)
+
+    def render_many(self, images: Sequence[np.ndarray], params_list: Sequence[CompletionParams],
+                    masks: Sequence[np.ndarray | None] | None = None) -> list[RenderOutput | Exception]:
+        """Complete every row; rows with the same batch key search their z together, one
+        ``[B, R, nz]`` batch (B rows x R restarts through G and D at once). A failing row
+        (bad mask, non-finite loss) is its exception, the others go on."""
+        results: list[RenderOutput | Exception | None] = [None] * len(images)
+        jobs: dict[int, _Completion] = {}
+        for i, (image, params) in enumerate(zip(images, params_list)):
+            try:
+                jobs[i] = self._job(image, params, masks[i] if masks else None)
+            except Exception as exc:
+                results[i] = exc
+        rows = list(jobs)
+        for group in groups(_key(jobs[i].params) for i in rows):
+            for k, result in zip(group, self._render([jobs[rows[k]] for k in group])):
+                results[rows[k]] = result
+        return results
+
+    def _job(self, image: np.ndarray, params: CompletionParams, mask: np.ndarray | None) -> _Completion:
+        """A row checked and prepared: the image and mask at model size, its contextual weights."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise RenderError(f"expected a uint8 RGB image [H, W, 3], got {getattr(image, 'dtype', type(image))} "
                               f"{tuple(getattr(image, 'shape', ()))}")
         box = _square_box(*image.shape[:2])
         y_img = _fit_image(image, box, self.image_size)  # uint8 [S, S, 3]
         known = self._mask(image.shape[:2], box, params, mask)  # bool [S, S]
-        z, terms, history = self._search(y_img, known, params)
-        best = int(torch.argmin(terms["total"]))
-        generated = self._generate(z[best:best + 1])  # float64 [S, S, 3] in [0, 1]
-        output = _composite(y_img, generated, known, params.blend)
+        weights = torch.from_numpy(contextual_weights(known, params.window))[None, None].to(self.device)
+        return _Completion(params, tuple(image.shape[:2]), y_img, known, to_tensor(y_img, self.device) * 2 - 1, weights)
+
+    def _render(self, jobs: list[_Completion]) -> list[RenderOutput | Exception]:
+        """Search z for jobs sharing a batch key, then composite each row's best restart."""
+        self._search(jobs)
+        done = [job for job in jobs if job.error is None]
+        if done:
+            best = [int(torch.argmin(job.terms["total"])) for job in done]
+            with torch.no_grad():  # every row's best G(z) in one batch: [b, 3, S, S] in [-1, 1]
+                g = self.netG(torch.stack([job.z[r] for job, r in zip(done, best)]))
+            for job, r, generated in zip(done, best, g):
+                job.output = self._output(job, r, _to_float_image(generated))
+        return [job.error or job.output for job in jobs]
+
+    def _output(self, job: _Completion, best: int, generated: np.ndarray) -> RenderOutput:
+        output = _composite(job.y_img, generated, job.known, job.params.blend)
         return RenderOutput(
             image=output,
-            losses={k: float(v[best]) for k, v in terms.items()},
-            iterations=len(history),
-            extras={"mask": mask_image(known), "generated": _to_uint8(generated),
-                    "masked_input": np.where(known[..., None], y_img, np.uint8(GREY))},
+            losses={k: float(v[best]) for k, v in job.terms.items()},
+            iterations=len(job.history),
+            frames=[*job.snaps.frames, output] if job.snaps else [],
+            extras={"mask": mask_image(job.known), "generated": _to_uint8(generated),
+                    "masked_input": np.where(job.known[..., None], job.y_img, np.uint8(GREY))},
             info={"weights_id": self.weights_id, "restart": best,
-                  "restart_losses": terms["total"].tolist(), "history": history,
-                  "original_size": tuple(image.shape[:2]), "size": (self.image_size,) * 2,
-                  "missing_fraction": float(1 - known.mean())})
+                  "restart_losses": job.terms["total"].tolist(), "history": job.history,
+                  "original_size": job.original_size, "size": (self.image_size,) * 2,
+                  "missing_fraction": float(1 - job.known.mean())})
 
     # -- mask ------------------------------------------------------------------
     def _mask(self, shape: tuple[int, int], box: tuple[int, int, int, int], params: CompletionParams,
@@ -181,35 +238,62 @@ class MaskCompletion:
 
     # -- z search ----------------------------------------------------------------
     def _terms(self, z: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, lam: float) -> dict[str, torch.Tensor]:
-        """Per-restart losses ``[R]`` for ``z [R, nz]``; ``y [1, 3, S, S]`` in [-1, 1],
-        ``weights [1, 1, S, S]``."""
-        g = self.netG(z)  # [R, 3, S, S] in [-1, 1]
-        contextual = (weights * (g - y).abs()).flatten(1).sum(1)  # weighted L1 per restart
-        perceptual = -F.softplus(self.netD(g).float())  # log(1 - D(G(z))) from logits [R]
+        """Per-restart losses ``[b, R]`` for ``z [b, R, nz]`` (b rows x R restarts); ``y [b, 3, S, S]``
+        in [-1, 1], ``weights [b, 1, S, S]``: row i's restarts are compared with row i's image."""
+        b, r = z.shape[:2]
+        g = self.netG(z.reshape(b * r, -1))  # [b*R, 3, S, S] in [-1, 1]
+        g = g.view(b, r, *g.shape[1:])  # [b, R, 3, S, S]
+        contextual = (weights[:, None] * (g - y[:, None]).abs()).flatten(2).sum(2)  # weighted L1 per restart
+        perceptual = -F.softplus(self.netD(g.flatten(0, 1)).float()).view(b, r)  # log(1 - D(G(z))) from logits
         return {"contextual": contextual, "perceptual": perceptual, "total": contextual + lam * perceptual}
 
-    def _search(self, y_img: np.ndarray, known: np.ndarray,
-                params: CompletionParams) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[float]]:
-        """Optimise all restarts as one batch; -> (z [R, nz], final per-restart terms, history)."""
-        y = to_tensor(y_img, self.device) * 2 - 1  # [1, 3, S, S] in [-1, 1]
-        weights = torch.from_numpy(contextual_weights(known, params.window))[None, None].to(self.device)
-        bound = self.z_bound
+    def _search(self, jobs: list[_Completion]) -> None:
+        """Optimise every row's restarts as one ``[B, R, nz]`` batch; sets each job's z [R, nz],
+        final per-restart terms, history and snapshots (or its error)."""
+        first = jobs[0].params  # restarts, lr, momentum, lam: what the key makes equal
+        y = torch.cat([job.y for job in jobs])              # [B, 3, S, S]
+        weights = torch.cat([job.weights for job in jobs])  # [B, 1, S, S]
+        everyone, bound = list(range(len(jobs))), self.z_bound
 
-        def objective(z: torch.Tensor) -> dict[str, torch.Tensor]:
-            # the restarts are independent, so d(sum)/dz_r = d(total_r)/dz_r
-            terms = self._terms(z, y, weights, params.lam)
-            return {"loss": terms["total"].sum(), **{k: v.sum() for k, v in terms.items()}}
+        def objective(z: torch.Tensor, rows: list[int]) -> dict[str, torch.Tensor]:
+            # rows and restarts are independent, so d(sum)/dz_(i, r) = d(total_(i, r))/dz_(i, r)
+            pick = (lambda t: t) if rows == everyone else (lambda t: t[rows])
+            terms = self._terms(z, pick(y), pick(weights), first.lam)  # [b, R] each
+            return {"loss": terms["total"].sum(1), **{k: v.sum(1) for k, v in terms.items()}}
 
         def project(z: torch.Tensor) -> None:
             z.clamp_(-bound, bound)
 
-        res = optimize(self._init_z(params), objective, method="momentum", iterations=params.iterations,
-                       lr=params.lr, momentum=params.momentum, project=project)
-        with torch.no_grad():  # losses at the returned (last, projected) z, not the step before
-            final = {k: v.detach().cpu().double() for k, v in self._terms(res.param, y, weights, params.lam).items()}
-        if not torch.isfinite(final["total"]).all():
-            raise RenderError(f"non-finite final loss {final['total'].tolist()}")
-        return res.param, final, res.history
+        for job in jobs:
+            job.snaps = Snapshots.maybe(job.params.snapshot_every, partial(self._frame, job))
+        results = optimize_batch(torch.stack([self._init_z(job.params) for job in jobs]), objective,
+                                 method="momentum", iterations=[job.params.iterations for job in jobs],
+                                 lr=first.lr, momentum=first.momentum, project=project,
+                                 callbacks=[job.snaps for job in jobs])
+        for job, res in zip(jobs, results):
+            if isinstance(res, Exception):
+                job.error = res
+            else:
+                job.z, job.history = res.param[0], res.history
+        self._final_terms([job for job in jobs if job.error is None], first.lam)
+
+    def _final_terms(self, jobs: list[_Completion], lam: float) -> None:
+        """Losses at the returned (last, projected) z, not the step before: one batched pass."""
+        if not jobs:
+            return
+        with torch.no_grad():
+            terms = self._terms(torch.stack([job.z for job in jobs]), torch.cat([job.y for job in jobs]),
+                                torch.cat([job.weights for job in jobs]), lam)
+        for i, job in enumerate(jobs):
+            job.terms = {k: v[i].detach().cpu().double() for k, v in terms.items()}  # [R] each
+            if not torch.isfinite(job.terms["total"]).all():
+                job.error = RenderError(f"non-finite final loss {job.terms['total'].tolist()}")
+
+    @torch.no_grad()
+    def _frame(self, job: _Completion, z: torch.Tensor) -> np.ndarray:
+        """Progress frame of row ``job`` at ``z [1, R, nz]``: its best restart so far, pasted, uint8 [S, S, 3]."""
+        best = int(torch.argmin(self._terms(z, job.y, job.weights, job.params.lam)["total"][0]))
+        return _composite(job.y_img, self._generate(z[0, best:best + 1]), job.known, blend=False)
 
     def _init_z(self, params: CompletionParams) -> torch.Tensor:
         """``[R, nz]`` from the model's prior (seeded on the CPU: device independent)."""
@@ -224,13 +308,40 @@ class MaskCompletion:
     @torch.no_grad()
     def _generate(self, z: torch.Tensor) -> np.ndarray:
         """``z [1, nz]`` -> G(z) as float64 ``[S, S, 3]`` in [0, 1]."""
-        g = (self.netG(z)[0].float().cpu() + 1) / 2
-        return g.clamp(0, 1).permute(1, 2, 0).double().numpy()
+        return _to_float_image(self.netG(z)[0])
 
 
 # --------------------------------------------------------------------------
 # Image helpers
 # --------------------------------------------------------------------------
+@dataclass
+class _Completion:
+    """One row of a batch: its prepared inputs, then its search's outcome."""
+
+    params: CompletionParams
+    original_size: tuple[int, int]     # the input's (H, W)
+    y_img: np.ndarray                  # uint8 [S, S, 3]: the input at model size
+    known: np.ndarray                  # bool [S, S], True = known
+    y: torch.Tensor                    # [1, 3, S, S] in [-1, 1]
+    weights: torch.Tensor              # contextual weights [1, 1, S, S]
+    snaps: Snapshots | None = None
+    z: torch.Tensor | None = None      # searched z [R, nz]
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # final per-restart losses [R]
+    history: list[float] = field(default_factory=list)  # summed total loss per iteration
+    error: Exception | None = None
+    output: RenderOutput | None = None
+
+
+def _key(params: CompletionParams) -> tuple:
+    """What rows sharing a batch must agree on (see ``MaskCompletion.batch_key``)."""
+    return (params.restarts, params.lr, params.momentum, params.lam)
+
+
+def _to_float_image(g: torch.Tensor) -> np.ndarray:
+    """G's output [3, S, S] in [-1, 1] -> float64 [S, S, 3] in [0, 1]."""
+    return ((g.float().cpu() + 1) / 2).clamp(0, 1).permute(1, 2, 0).double().numpy()
+
+
 def _square_box(h: int, w: int) -> tuple[int, int, int, int]:
     """Centred square crop ``(left, top, right, bottom)`` of an ``h x w`` image."""
     side = min(h, w)

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from genlib.config import Fields
 from genlib.render.backbones import BACKBONES
 from genlib.render.completion import CompletionSettings
+from genlib.render.explore import ExploreSettings
+from genlib.render.pixel_complete import PixelCompleteSettings
+from genlib.render.limits import RenderLimits
 
 
 @dataclass
@@ -61,22 +64,40 @@ class RenderConfig:
     """torch CPU threads per actor."""
     force: bool = False
     """Re-render requests already done (default: skip them)."""
+    max_attempts: int = 3
+    """Attempts per row: a row whose actor died this many times (OOM killer, segfault) is failed
+    ("actor died 3 times rendering this row") and the job goes on with the other rows."""
+    limits: RenderLimits = field(default_factory=RenderLimits)
+    """Section ``[limits]``: caps on params, input files and seconds per row (genlib/render/limits.py)."""
+    compact_parts: int = 64
+    """Compact the manifest after a run once it has more parts than this (0: only when asked)."""
+    compact: bool = False
+    """Compact the manifest after this run, whatever its number of parts."""
     style: BackboneChoice = field(default_factory=lambda: BackboneChoice("vgg19"))
     """Kind "style"."""
     deepdream: BackboneChoice = field(default_factory=lambda: BackboneChoice("inception_v3"))
     """Kind "deepdream"."""
     complete: CompletionSettings = field(default_factory=CompletionSettings)
     """Kind "complete"."""
+    pixel_complete: PixelCompleteSettings = field(default_factory=PixelCompleteSettings)
+    """Kind "pixel_complete" (its default PixelRNN checkpoint)."""
+    explore: ExploreSettings = field(default_factory=ExploreSettings)
+    """Kind "explore" (nothing to set: each row's input is the model's run folder)."""
     completion_checkpoint: str = ""
     """Deprecated spelling of ``complete.checkpoint`` (still read: older configs set it)."""
     die_on_request: str = ""
     """Testing aid: the first actor to render this request id dies hard (once per output folder)."""
+    die_on_request_always: bool = False
+    """Testing aid: with ``die_on_request``, die on every attempt (a row that always kills its actor)."""
+    hang_on_request: str = ""
+    """Testing aid: rendering this request id blocks outside the optimiser (stuck in C code or I/O)."""
 
     def __post_init__(self) -> None:
         check = Fields(self)
         check.text("output")
-        for name in ("actors", "batch_size", "threads_per_actor"):
+        for name in ("actors", "batch_size", "threads_per_actor", "max_attempts"):
             check.integer(name, low=1)
+        check.integer("compact_parts", low=0)
         check.number("cpus_per_actor", above=0)
         check.number("gpus_per_actor", above=0)
         if self.completion_checkpoint and not self.complete.checkpoint:

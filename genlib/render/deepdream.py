@@ -8,12 +8,12 @@ Objective (maximised), for taps ``l`` with weights ``w_l`` (``DreamParams.layers
 
     A(x) = sum_l w_l * mean(F_l(x) ** 2)
 
-``mean`` over all ``B*C*h*w`` elements of the activation ``F_l`` is the squared
+``mean`` over the ``C*h*w`` elements of one image's activation ``F_l`` is the squared
 L2 norm divided by the number of elements, so a wide, high-resolution layer does
 not drown a small deep one and ``A`` hardly depends on the image size (the Keras
 example divides by the element count for the same reason).
 
-How a render runs, and how it uses the shared :func:`genlib.render.optim.optimize`:
+How a render runs, and how it uses the shared :func:`genlib.render.optim.optimize_batch`:
 
 - **Octaves** (smallest scale first): the capped input is shrunk by
   ``octave_scale ** i``; at each larger octave the current dream is upscaled and
@@ -23,11 +23,17 @@ How a render runs, and how it uses the shared :func:`genlib.render.optim.optimiz
   Octaves whose shorter side falls under the backbone's minimum input (75 px for
   InceptionV3) are skipped and the visited shapes are reported in ``info``.
 - **Steps**: each ascent step is one call
-  ``optimize(x, objective, method="normalized_gd", lr=step, iterations=1, project=clamp01)``
-  with ``loss = -A``, i.e. ``x += step * g / mean|g|`` clipped to [0, 1].
+  ``optimize_batch(x, objective, method="normalized_gd", lr=step, iterations=1, project=clamp01)``
+  with ``loss = -A``, i.e. ``x += step * g / mean|g|`` (per image) clipped to [0, 1].
   One call per step (instead of one per octave) is what lets an octave stop
   early once ``A > max_loss``, as the Keras example does; the call costs a
   tensor copy, nothing next to a forward/backward pass.
+- **Batches** (:meth:`DeepDream.render_many`): rows with the same octave shapes,
+  taps, tile, border, blur and step size dream together, ``x [B, 3, h, w]``: each
+  step is one forward/backward for the rows still ascending in the octave. The
+  jitter (each row's own seeded :class:`Jitter`), the normalisation, the step
+  count and the ``max_loss`` stop are per row, so a row's dream is the one it
+  gets alone; a row that stopped early waits for the octave's end.
 - **Jitter and tiles live inside the objective** (:class:`DreamObjective`): each
   evaluation draws (from the seeded generator) a roll of the image by
   ``U[-jitter, jitter]`` pixels plus, when the image spans several tiles, a random
@@ -39,12 +45,27 @@ How a render runs, and how it uses the shared :func:`genlib.render.optim.optimiz
   step, roll back" since the step and the clip act per pixel. ``optimize`` gets
   a *surrogate* loss ``-A + <x, -u> - <x, -u>.detach()``: its value is ``-A`` and
   its gradient ``-u``, the stitched gradient ``g`` scaled to ``mean|u| = 1``.
-  The scaling changes no normalised step (``optimize`` divides by ``mean|g| + 1e-8``)
-  except where ``mean|g|`` is near that absolute epsilon, as with random-init
-  networks (~1e-10), which would otherwise not move. With one tile and no
+  The scaling changes no normalised step (``optimize`` divides by ``mean|g|``)
+  but keeps random-init networks (``mean|g|`` ~1e-10) well inside float range. With one tile and no
   jitter, ``g`` is plain autograd of ``A``; the area weights make the tiled value
   estimate the untiled one, so ``max_loss`` and the reported losses do not
   depend on ``tile``.
+
+Options from the seeds ("visualise a layer", Keras' border handling):
+
+- ``init = "noise"``: start from seeded grey noise (0.5 +- 0.1 uniform) of the
+  input's (capped) size instead of the input itself; octaves then only upscale
+  the dream (no detail to re-inject), as Google's ``render_multiscale`` does.
+- ``blur_sigma``: Gaussian blur (sigma in pixels of the current octave) of the
+  image after every step (``blur = "image"``, inside the step's ``project``) or
+  of the stitched gradient before the step (``blur = "gradient"``, inside the
+  objective): it suppresses the high-frequency patterns ascent favours.
+- ``border``: activations within ``border`` feature pixels of a tile's edge are
+  left out of ``mean(F_l ** 2)`` (the Keras example drops 2, which the padded
+  convolutions near the edge exaggerate); it is capped so one row/column stays.
+- ``snapshot_every``: every this many ascent steps (counted over all octaves),
+  the image being evaluated is saved, resized to the output, into
+  ``RenderOutput.frames`` (the result last).
 
 Output: ``losses = {"activation": A, "act_<layer>": mean(F_l ** 2)}`` measured on
 the returned uint8 image (full size, no jitter, tile grid at offset 0);
@@ -56,9 +77,11 @@ image on the same device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -67,7 +90,8 @@ import torch.nn.functional as F
 from genlib.config import Fields, is_real
 from genlib.render.backbones import load_backbone
 from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
-from genlib.render.optim import clamp01, optimize
+from genlib.render.batching import groups, single
+from genlib.render.optim import OptimResult, Snapshots, clamp01, optimize_batch
 
 # Default taps per backbone (tap -> weight).
 # inception_v3: the Keras DeepDream example's classic settings (mixed2..mixed5,
@@ -84,6 +108,7 @@ DEFAULT_LAYERS: dict[str, dict[str, float]] = {
 # Smallest input side each backbone accepts (InceptionV3's deep blocks fail under 75 px).
 MIN_SIDE: dict[str, int] = {"inception_v3": 75}
 DEFAULT_MIN_SIDE = 32
+NOISE_GREY, NOISE_AMPLITUDE = 0.5, 0.1  # init="noise": grey +- uniform noise, in [0, 1] pixels
 
 
 @dataclass
@@ -112,17 +137,39 @@ class DreamParams:
     size: int = 512
     """Largest side of the output: the input is resized down to it, never up."""
     seed: int = 0
-    """Seed of the jitter and tile offsets: a fixed seed gives the same render."""
+    """Seed of the jitter, tile offsets and noise init: a fixed seed gives the same render."""
+    init: Literal["image", "noise"] = "image"
+    """Start from the input ("image") or from seeded grey noise of the input's size capped to
+    ``size`` ("noise": the seed's "visualise a layer"; the input then only gives the size)."""
+    blur_sigma: float = 0.0
+    """Gaussian blur sigma in pixels (of the current octave) applied between steps; 0 = none."""
+    blur: Literal["image", "gradient"] = "image"
+    """What ``blur_sigma`` blurs: the image after each step, or the gradient before it."""
+    border: int = 0
+    """Leave activations within this many feature pixels of a tile's edge out of the objective."""
+    snapshot_every: int = 0
+    """Save a progress frame every this many ascent steps (0 = off) into ``RenderOutput.frames``."""
 
     def __post_init__(self) -> None:
         check = Fields(self)
         self.layers = _check_layers(self.layers, check)
-        for name, low in (("octaves", 1), ("iterations", 1), ("jitter", 0), ("tile", 32), ("size", 32)):
+        for name, low in (("octaves", 1), ("iterations", 1), ("jitter", 0), ("tile", 32), ("size", 32),
+                          ("border", 0), ("snapshot_every", 0)):
             check.integer(name, low=low)
         check.integer("seed")
         check.number("octave_scale", above=1.0, as_float=True)
         check.number("step", above=0.0, as_float=True)
         check.number("max_loss", optional=True, as_float=True)
+        check.number("blur_sigma", low=0.0, as_float=True)
+        check.choice("init", ("image", "noise"))
+        check.choice("blur", ("image", "gradient"))
+
+    def check_limits(self, limits) -> None:
+        """The render config's caps (a ``genlib.render.limits.RenderLimits``); LimitError names field and cap."""
+        for name in ("size", "tile", "jitter", "border", "blur_sigma"):  # blur: a (6 sigma + 1)-tap kernel
+            limits.cap(self, name, "max_side")
+        limits.cap(self, "octaves", "max_octaves")
+        limits.cap(self, "iterations", "max_iterations")
 
 
 def _check_layers(layers: Any, check: Fields) -> dict[str, float] | None:
@@ -175,6 +222,29 @@ def resize(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=shrink)
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """[B, C, H, W] blurred by a separable Gaussian of ``sigma`` px (radius 3 sigma, reflected
+    at the borders; the radius is capped below H and W, which reflection needs)."""
+    radius = min(math.ceil(3 * sigma), x.shape[-2] - 1, x.shape[-1] - 1)
+    if sigma <= 0 or radius < 1:
+        return x
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()                                            # [2r+1], sums to 1
+    c = x.shape[1]
+    padded = F.pad(x, (radius, radius, radius, radius), mode="reflect")   # [B, C, H+2r, W+2r]
+    rows = F.conv2d(padded, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # [B, C, H+2r, W]
+    return F.conv2d(rows, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)   # [B, C, H, W]
+
+
+def trim_border(f: torch.Tensor, border: int) -> torch.Tensor:
+    """Activation [B, C, h, w] without ``border`` pixels at each edge (capped: one row/column stays)."""
+    if border <= 0:
+        return f
+    bh, bw = min(border, (f.shape[-2] - 1) // 2), min(border, (f.shape[-1] - 1) // 2)
+    return f[..., bh:f.shape[-2] - bh, bw:f.shape[-1] - bw]
+
+
 def capped_shape(height: int, width: int, size: int) -> tuple[int, int]:
     """Shape with the longer side at most ``size`` (never enlarged), aspect kept."""
     ratio = min(1.0, size / max(height, width))
@@ -184,54 +254,17 @@ def capped_shape(height: int, width: int, size: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- objective
 
 
-class DreamObjective:
-    """The tiled, jittered DeepDream objective ``A`` of one backbone and set of taps.
+class Jitter:
+    """One row's random roll per step, from the row's own seeded generator (so it does not depend
+    on the rows sharing its batch): jitter in [-jitter, jitter] plus a tile-grid offset in
+    [0, first span) on each axis that spans several tiles (none on a one-tile axis: nothing to hide)."""
 
-    :meth:`evaluate` gives ``A``, its per-tap terms and its gradient for an explicit
-    roll; calling the object (what ``optimize`` does) draws the roll from
-    ``generator`` and returns the surrogate loss described in the module docstring.
-    """
-
-    def __init__(self, backbone: torch.nn.Module, layers: dict[str, float], tile: int, jitter: int = 0,
-                 generator: torch.Generator | None = None) -> None:
-        self.backbone, self.layers, self.tile, self.jitter = backbone, dict(layers), tile, jitter
+    def __init__(self, jitter: int, tile: int, generator: torch.Generator | None = None) -> None:
+        self.jitter, self.tile = jitter, tile
         self.generator = generator or torch.Generator().manual_seed(0)
 
-    def _tile_terms(self, piece: torch.Tensor, share: float) -> dict[str, torch.Tensor]:
-        """Per-tap ``share * mean(F_l(piece) ** 2)`` (scalars) for one tile [1, 3, h, w]."""
-        feats = self.backbone(piece, list(self.layers))  # {tap: [1, C, h', w']}
-        return {tap: f.float().pow(2).mean() * share for tap, f in feats.items()}
-
-    def evaluate(self, x: torch.Tensor, roll: tuple[int, int] = (0, 0),
-                 grad: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """x [1, 3, H, W] -> ({"activation": A, tap: term}, dA/dx [1, 3, H, W] or None).
-
-        The image is rolled by ``roll`` (dy, dx), tiled, and each tile's weighted
-        terms are summed; per-tile backward keeps one tile's graph alive at a time.
-        """
-        rolled = torch.roll(x.detach(), roll, dims=(2, 3))
-        height, width = rolled.shape[-2:]
-        gradient = torch.zeros_like(rolled) if grad else None
-        terms = {tap: rolled.new_zeros(()) for tap in self.layers}
-        for ys in tile_spans(height, self.tile):
-            for xs in tile_spans(width, self.tile):
-                piece = rolled[..., ys, xs].clone().requires_grad_(grad)  # [1, 3, h, w]
-                share = piece.shape[-2] * piece.shape[-1] / (height * width)
-                with torch.set_grad_enabled(grad):
-                    tile_terms = self._tile_terms(piece, share)
-                    total = sum(w * tile_terms[tap] for tap, w in self.layers.items())
-                if grad:
-                    gradient[..., ys, xs] = torch.autograd.grad(total, piece)[0]
-                for tap, value in tile_terms.items():
-                    terms[tap] = terms[tap] + value.detach()
-        activation = sum(w * terms[tap] for tap, w in self.layers.items())
-        if gradient is not None:
-            gradient = torch.roll(gradient, (-roll[0], -roll[1]), dims=(2, 3))
-        return {"activation": activation, **terms}, gradient
-
-    def draw_roll(self, height: int, width: int) -> tuple[int, int]:
-        """Jitter in [-jitter, jitter] plus a tile-grid offset in [0, first span) on each
-        axis that spans several tiles (none on a one-tile axis: nothing to hide)."""
+    def draw(self, height: int, width: int) -> tuple[int, int]:
+        """(dy, dx) for an image of ``height x width``."""
         roll = []
         for size in (height, width):
             shift = self._randint(-self.jitter, self.jitter) if self.jitter else 0
@@ -245,16 +278,75 @@ class DreamObjective:
         """Uniform integer in [low, high] from the seeded generator."""
         return int(torch.randint(low, high + 1, (1,), generator=self.generator))
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``optimize``'s objective: {"loss": surrogate of -A, "activation": A, "act_<tap>": ...}."""
-        terms, gradient = self.evaluate(x, self.draw_roll(*x.shape[-2:]))
-        # Unit mean |g|: normalized_gd divides by mean|g| + 1e-8, so this changes no step of a
-        # trained network but keeps a random-init one (mean|g| ~ 1e-10) from stalling on the 1e-8.
-        scale = gradient.abs().mean()
-        gradient = gradient / scale if scale > 0 else gradient
-        linear = (x * gradient).sum()  # value cancels below; its gradient w.r.t. x is g
+
+class DreamObjective:
+    """The tiled, jittered DeepDream objective ``A`` of one backbone and set of taps, per row of a batch.
+
+    :meth:`evaluate` gives each row's ``A``, its per-tap terms and its gradient for explicit
+    rolls; calling the object (what ``optimize_batch`` does) draws each row's roll from its
+    own :class:`Jitter` (``jitters[row]``; none given = no roll) and returns the surrogate
+    loss described in the module docstring.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, layers: dict[str, float], tile: int,
+                 jitters: Sequence[Jitter] = (), border: int = 0, grad_sigma: float = 0.0) -> None:
+        self.backbone, self.layers, self.tile, self.jitters = backbone, dict(layers), tile, list(jitters)
+        self.border, self.grad_sigma = border, grad_sigma  # DreamParams.border; blur_sigma when blur="gradient"
+
+    def _tile_terms(self, piece: torch.Tensor, share: float) -> dict[str, torch.Tensor]:
+        """Per-tap ``share * mean(F_l(piece) ** 2)`` per row ``[B]`` for tiles [B, 3, h, w], without the border."""
+        feats = self.backbone(piece, list(self.layers))  # {tap: [B, C, h', w']}
+        return {tap: trim_border(f, self.border).float().pow(2).flatten(1).mean(1) * share
+                for tap, f in feats.items()}
+
+    def evaluate(self, x: torch.Tensor, rolls: Sequence[tuple[int, int]] | None = None,
+                 grad: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """x [B, 3, H, W] -> ({"activation": A [B], tap: term [B]}, dA/dx [B, 3, H, W] or None).
+
+        Row i is rolled by ``rolls[i]`` (dy, dx; None = no roll), the batch is cut into tiles
+        (the same grid for every row) and each tile's weighted terms are summed; per-tile
+        backward keeps one tile's graph alive at a time. Rows never mix.
+        """
+        rolled = _roll(x.detach(), rolls)
+        height, width = rolled.shape[-2:]
+        gradient = torch.zeros_like(rolled) if grad else None
+        terms = {tap: rolled.new_zeros(rolled.shape[0]) for tap in self.layers}
+        for ys in tile_spans(height, self.tile):
+            for xs in tile_spans(width, self.tile):
+                piece = rolled[..., ys, xs].clone().requires_grad_(grad)  # [B, 3, h, w]
+                share = piece.shape[-2] * piece.shape[-1] / (height * width)
+                with torch.set_grad_enabled(grad):
+                    tile_terms = self._tile_terms(piece, share)
+                    total = sum(w * tile_terms[tap] for tap, w in self.layers.items())  # [B]
+                if grad:  # the rows' graphs are disjoint: d(sum)/d(row i) = d(total_i)/d(row i)
+                    gradient[..., ys, xs] = torch.autograd.grad(total.sum(), piece)[0]
+                for tap, value in tile_terms.items():
+                    terms[tap] = terms[tap] + value.detach()
+        activation = sum(w * terms[tap] for tap, w in self.layers.items())
+        if gradient is not None and rolls is not None:
+            gradient = _roll(gradient, [(-dy, -dx) for dy, dx in rolls])
+        return {"activation": activation, **terms}, gradient
+
+    def __call__(self, x: torch.Tensor, rows: list[int]) -> dict[str, torch.Tensor]:
+        """``optimize_batch``'s objective for rows ``rows`` at x [b, 3, H, W]:
+        {"loss": surrogate of -A, "activation": A, "act_<tap>": ...}, each [b]."""
+        rolls = [self.jitters[r].draw(*x.shape[-2:]) for r in rows] if self.jitters else None
+        terms, gradient = self.evaluate(x, rolls)
+        gradient = gaussian_blur(gradient, self.grad_sigma)
+        # Unit mean |g| per row: normalized_gd divides by mean|g|, so this changes no step of a
+        # trained network but keeps a random-init one (mean|g| ~ 1e-10) well inside float range.
+        scale = gradient.abs().flatten(1).mean(1)
+        gradient = gradient / torch.where(scale > 0, scale, torch.ones_like(scale)).view(-1, 1, 1, 1)
+        linear = (x * gradient).flatten(1).sum(1)  # [b]: value cancels below; its gradient w.r.t. x is g
         loss = -terms["activation"] + (linear.detach() - linear)
         return {"loss": loss, **_named(terms)}
+
+
+def _roll(x: torch.Tensor, rolls: Sequence[tuple[int, int]] | None) -> torch.Tensor:
+    """Row i of x [B, C, H, W] rolled by ``rolls[i]`` = (dy, dx) (None: x itself)."""
+    if rolls is None:
+        return x
+    return torch.cat([torch.roll(x[i:i + 1], roll, dims=(2, 3)) for i, roll in enumerate(rolls)])
 
 
 def _named(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -266,7 +358,13 @@ def _named(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class DeepDream:
-    """DeepDream render kind: ``DeepDream(device="cuda")(image_uint8, DreamParams())``."""
+    """DeepDream render kind: ``DeepDream(device="cuda")(image_uint8, DreamParams())``.
+
+    Rows with the same :meth:`batch_key` dream as one batch ``[B, 3, h, w]`` per octave:
+    every ascent step is one forward/backward for all rows still ascending, while jitter
+    (each row's own seeded generator), gradient normalisation, the step count and the
+    ``max_loss`` stop stay per row; a row that stopped waits for the octave's end.
+    """
 
     def __init__(self, backbone: str = "inception_v3", weights: str | None = "default",
                  device: torch.device | str = "cpu") -> None:
@@ -308,45 +406,153 @@ class DeepDream:
 
     def __call__(self, image: np.ndarray, params: DreamParams) -> RenderOutput:
         """uint8 [H, W, 3] -> dreamed uint8 [h, w, 3] (h, w = H, W capped to ``params.size``)."""
+        return single(self.render_many([image], [params]))
+
+    def batch_key(self, image: np.ndarray, params: DreamParams) -> tuple:
+        """Rows with equal keys share a batch: same octave shapes, taps, tile, border, blur and step
+        size. The image, init, seed, jitter, iterations, max_loss and snapshots stay per row."""
+        return _key(self.plan(*image.shape[:2], params), self.resolve_layers(params), params)
+
+    def render_many(self, images: Sequence[np.ndarray],
+                    params_list: Sequence[DreamParams]) -> list[RenderOutput | Exception]:
+        """Dream every row, rows with the same batch key as one batch; a failing row is its exception."""
+        results: list[RenderOutput | Exception | None] = [None] * len(images)
+        jobs: dict[int, _Dream] = {}
+        for i, (image, params) in enumerate(zip(images, params_list)):
+            try:
+                jobs[i] = self._job(image, params)
+            except Exception as exc:
+                results[i] = exc
+        rows = list(jobs)
+        for group in groups(jobs[i].key for i in rows):
+            for k, result in zip(group, self._render([jobs[rows[k]] for k in group])):
+                results[rows[k]] = result
+        return results
+
+    def _job(self, image: np.ndarray, params: DreamParams) -> _Dream:
+        """A row checked and prepared: taps, octave plan, start image, jitter, snapshots."""
         layers = self.resolve_layers(params)
         x = to_tensor(image, self.device)  # [1, 3, H, W] in [0, 1]; RenderError unless uint8 RGB
         shapes = self.plan(x.shape[-2], x.shape[-1], params)
-        original = resize(x, shapes[-1])  # [1, 3, h, w]: capped to params.size
-        generator = torch.Generator().manual_seed(params.seed)
-        objective = DreamObjective(self.backbone, layers, params.tile, params.jitter, generator)
-        dream, counts = self._octaves(original, shapes, objective, params)
-        out = to_image(dream)
-        measure = DreamObjective(self.backbone, layers, params.tile)  # no jitter: offset-0 grid
-        final, _ = measure.evaluate(to_tensor(out, self.device), grad=False)
-        start, _ = measure.evaluate(original, grad=False)
-        info = {"backbone": self.name, "weights_id": self.weights_id, "layers": layers,
-                "octave_shapes": [list(s) for s in shapes], "octave_iterations": counts,
-                "activation_start": float(start["activation"])}
-        return RenderOutput(out, {k: float(v) for k, v in _named(final).items()}, sum(counts), info=info)
+        original = self._start(x, shapes[-1], params)  # [1, 3, h, w]: capped to params.size
+        jitter = Jitter(params.jitter, params.tile, torch.Generator().manual_seed(params.seed))
+        snaps = Snapshots.maybe(params.snapshot_every, lambda t: to_image(resize(t, shapes[-1])))
+        return _Dream(params, layers, shapes, original, jitter, snaps, _key(shapes, layers, params))
 
-    def _octaves(self, original: torch.Tensor, shapes: list[tuple[int, int]], objective: DreamObjective,
-                 params: DreamParams) -> tuple[torch.Tensor, list[int]]:
-        """Ascend at each octave, smallest first, re-injecting the detail lost by shrinking."""
-        dream, previous, counts = None, None, []
-        for shape in shapes:
-            base = resize(original, shape)  # the original at this octave [1, 3, h, w]
-            if dream is None:
-                dream = base
-            else:  # up(dream) + (original_k - up(original_{k-1})): detail the small octave never had
-                dream = (resize(dream, shape) + base - resize(previous, shape)).clamp(0, 1)
-            dream, steps = self._ascend(dream, objective, params)
-            counts.append(steps)
-            previous = base
-        return dream, counts
+    def _render(self, jobs: list[_Dream]) -> list[RenderOutput | Exception]:
+        """Jobs with one batch key: all octaves, then the losses of the uint8 results."""
+        first = jobs[0].params  # tile, border, blur, step: what the key makes equal
+        grad_sigma = first.blur_sigma if first.blur == "gradient" else 0.0
+        objective = DreamObjective(self.backbone, jobs[0].layers, first.tile, [job.jitter for job in jobs],
+                                   first.border, grad_sigma)
+        self._octaves(jobs, objective)
+        done = [job for job in jobs if job.error is None]
+        if done:
+            measure = DreamObjective(self.backbone, jobs[0].layers, first.tile, border=first.border)  # offset-0 grid
+            outs = [to_image(job.dream) for job in done]
+            final, _ = measure.evaluate(torch.cat([to_tensor(o, self.device) for o in outs]), grad=False)
+            start, _ = measure.evaluate(torch.cat([job.original for job in done]), grad=False)
+            for n, (job, out) in enumerate(zip(done, outs)):
+                job.output = self._output(job, out, {k: float(v[n]) for k, v in _named(final).items()},
+                                          float(start["activation"][n]))
+        return [job.error or job.output for job in jobs]
+
+    def _output(self, job: _Dream, out: np.ndarray, losses: dict[str, float], start: float) -> RenderOutput:
+        info = {"backbone": self.name, "weights_id": self.weights_id, "layers": job.layers,
+                "octave_shapes": [list(s) for s in job.shapes], "octave_iterations": job.counts,
+                "activation_start": start, "init": job.params.init}
+        return RenderOutput(out, losses, sum(job.counts), info=info,
+                            frames=[*job.snaps.frames, out] if job.snaps else [])
+
+    def _start(self, x: torch.Tensor, shape: tuple[int, int], params: DreamParams) -> torch.Tensor:
+        """The start image [1, 3, *shape]: the input resized, or seeded grey noise (init="noise")."""
+        if params.init == "image":
+            return resize(x, shape)
+        gen = torch.Generator().manual_seed(params.seed)  # its own generator: the jitter draws stay the same
+        noise = torch.rand((1, 3, *shape), generator=gen)  # CPU draw: the same noise on every device
+        return (NOISE_GREY + NOISE_AMPLITUDE * (2 * noise - 1)).to(self.device)
+
+    def _octaves(self, jobs: list[_Dream], objective: DreamObjective) -> None:
+        """Ascend at each octave, smallest first, every row entering it from its own previous dream."""
+        for shape in jobs[0].shapes:
+            live = [job for job in jobs if job.error is None]
+            for job in live:
+                job.enter(shape)
+            self._ascend(live, objective)
 
     @staticmethod
-    def _ascend(x: torch.Tensor, objective: DreamObjective, params: DreamParams) -> tuple[torch.Tensor, int]:
-        """Up to ``params.iterations`` normalised ascent steps on ``x`` [1, 3, h, w]; stops
-        after the step whose objective exceeded ``max_loss``."""
-        for step in range(1, params.iterations + 1):
-            result = optimize(x, objective, method="normalized_gd", lr=params.step, iterations=1,
-                              project=clamp01)
-            x = result.param
-            if params.max_loss is not None and result.final["activation"] > params.max_loss:
-                break
-        return x, step
+    def _ascend(jobs: list[_Dream], objective: DreamObjective) -> None:
+        """Up to ``iterations`` normalised ascent steps per row on the rows' dreams [b, 3, h, w], one
+        batched step for the rows still going; a row stops after the step whose objective exceeded
+        its ``max_loss``."""
+        project = _step_projection(jobs[0].params)
+        slots = {id(job): k for k, job in enumerate(jobs)}
+        running, step = list(jobs), 0
+        while running:
+            step += 1
+            rows = [slots[id(job)] for job in running]  # objective rows: positions in `jobs` (their jitters)
+            results = optimize_batch(torch.cat([job.dream for job in running]),
+                                     lambda x, sub: objective(x, [rows[k] for k in sub]), method="normalized_gd",
+                                     lr=jobs[0].params.step, iterations=1, project=project,
+                                     callbacks=[job.snaps for job in running])
+            running = [job for job, res in zip(running, results) if job.step(res, step)]
+        for job in jobs:
+            job.counts.append(job.steps)
+
+
+@dataclass
+class _Dream:
+    """One row of a batch: its prepared inputs and its progress through the octaves."""
+
+    params: DreamParams
+    layers: dict[str, float]
+    shapes: list[tuple[int, int]]        # octaves, smallest first
+    original: torch.Tensor               # the start image at full size [1, 3, h, w]
+    jitter: Jitter
+    snaps: Snapshots | None
+    key: tuple                           # DeepDream.batch_key
+    dream: torch.Tensor | None = None    # the current dream [1, 3, h, w] at the current octave
+    previous: torch.Tensor | None = None  # the original at the previous octave
+    steps: int = 0                       # steps run in the current octave
+    counts: list[int] = field(default_factory=list)  # steps per finished octave
+    error: Exception | None = None
+    output: RenderOutput | None = None
+
+    def enter(self, shape: tuple[int, int]) -> None:
+        """Move to the next octave: up(dream) + (original_k - up(original_{k-1})), the detail the
+        small octave never had (a noise start has no detail to re-inject: only upscaled)."""
+        base = resize(self.original, shape)  # the original at this octave [1, 3, h, w]
+        if self.dream is None:
+            self.dream = base
+        elif self.params.init == "noise":
+            self.dream = resize(self.dream, shape)
+        else:
+            self.dream = (resize(self.dream, shape) + base - resize(self.previous, shape)).clamp(0, 1)
+        self.previous, self.steps = base, 0
+
+    def step(self, result: OptimResult | Exception, step: int) -> bool:
+        """Take one ascent step's result; -> whether the row keeps ascending in this octave."""
+        if isinstance(result, Exception):
+            self.error = result
+            return False
+        self.dream, self.steps = result.param, step
+        max_loss = self.params.max_loss
+        return step < self.params.iterations and not (max_loss is not None and result.final["activation"] > max_loss)
+
+
+def _key(shapes: list[tuple[int, int]], layers: dict[str, float], params: DreamParams) -> tuple:
+    """What rows sharing a batch must agree on (see ``DeepDream.batch_key``)."""
+    return (tuple(shapes), tuple(layers.items()), params.tile, params.border, params.blur, params.blur_sigma,
+            params.step)
+
+
+def _step_projection(params: DreamParams):
+    """What runs after each step: clip to [0, 1], after a Gaussian blur of the image when asked."""
+    if params.blur_sigma <= 0 or params.blur != "image":
+        return clamp01
+
+    def blur_and_clip(x: torch.Tensor) -> None:
+        x.copy_(gaussian_blur(x, params.blur_sigma))
+        clamp01(x)
+
+    return blur_and_clip

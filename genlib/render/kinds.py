@@ -23,6 +23,8 @@ import torch
 from genlib.render.base import RenderError, RenderOutput
 from genlib.render.completion import CompletionParams, MaskCompletion
 from genlib.render.deepdream import DeepDream, DreamParams
+from genlib.render.explore import ExploreParams, LatentExplorer
+from genlib.render.pixel_complete import PixelCompleteParams, PixelCompletion
 from genlib.render.style import StyleParams, StyleTransfer
 
 
@@ -54,6 +56,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("style", StyleParams, "style", StyleTransfer, "Gatys neural style transfer"),
     Kind("deepdream", DreamParams, "deepdream", DeepDream, "DeepDream on a backbone's layers"),
     Kind("complete", CompletionParams, "complete", MaskCompletion, "DCGAN mask completion (Yeh et al. 2016)"),
+    Kind("pixel_complete", PixelCompleteParams, "pixel_complete", PixelCompletion,
+         "PixelRNN/PixelCNN sprite completion"),
+    Kind("explore", ExploreParams, "explore", LatentExplorer,
+         "DCGAN/VAE latent interpolation, traversal, grid and arithmetic", input="uri"),
 )}
 
 

@@ -131,13 +131,33 @@ def contextual_weights(mask: np.ndarray, window: int = 7) -> np.ndarray:
     return np.where(mask, frac, 0.0).astype(np.float32)
 
 
-def fit_mask(mask: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+def center_box(shape: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The largest centred crop ``(left, top, right, bottom)`` of an image of ``shape = (H, W)``
+    with the aspect ratio of ``target = (h, w)`` (what inputs are cut to before resizing to a model)."""
+    (h, w), (th, tw) = shape, target
+    ch, cw = (h, max(1, round(h * tw / th))) if w * th >= h * tw else (max(1, round(w * th / tw)), w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return left, top, left + cw, top + ch
+
+
+def fit_image(image: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [h, w, 3]: :func:`center_box` crop, then BOX (area) resize, which
+    keeps flat sprite colours flat when shrinking; a copy when no resizing is needed."""
+    left, top, right, bottom = center_box(image.shape[:2], target)
+    crop = np.array(image[top:bottom, left:right])
+    if crop.shape[:2] == tuple(target):
+        return crop
+    return np.asarray(Image.fromarray(crop).resize((target[1], target[0]), Image.Resampling.BOX))
+
+
+def fit_mask(mask: np.ndarray, box: tuple[int, int, int, int], size: int | tuple[int, int]) -> np.ndarray:
     """Crop ``mask [H, W]`` to ``box = (left, top, right, bottom)`` and resize it
-    to ``size x size`` conservatively: a model pixel is known only if every input
-    pixel it covers is known (BOX-filtered "missing" > 0 -> missing)."""
+    to ``size`` (``S`` or ``(h, w)``) conservatively: a model pixel is known only if
+    every input pixel it covers is known (BOX-filtered "missing" > 0 -> missing)."""
+    h, w = _hw(size)
     left, top, right, bottom = box
     crop = mask[top:bottom, left:right]
-    if crop.shape == (size, size):
+    if crop.shape == (h, w):
         return crop.copy()
     missing = Image.fromarray(mask_image(~crop))  # 255 = missing
-    return np.asarray(missing.resize((size, size), Image.Resampling.BOX)) == 0
+    return np.asarray(missing.resize((w, h), Image.Resampling.BOX)) == 0

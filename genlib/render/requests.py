@@ -7,6 +7,10 @@ A request table (Parquet, CSV or JSON Lines) has one row per job:
     input       image URI/path, or corpus://<corpus folder>#<key>
     params      JSON object with the kind's parameters (the kind's params dataclass)
 
+CSV columns are read as text (an id ``007`` stays ``007``); JSON Lines rows are parsed
+one by one, so a ``params`` object keeps exactly its own keys whatever the other rows'
+kinds (Parquet tables should hold params as JSON strings for the same reason).
+
 Table-level problems (missing column, duplicate or empty id, unknown kind, params
 that are not a JSON object) stop the job before anything renders
 (:class:`RequestError`); a row whose params do not fit its kind fails alone at
@@ -23,7 +27,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from genlib.render.kinds import KINDS
@@ -93,12 +96,42 @@ def _read_table(path: str) -> pa.Table:
         if p.endswith(".parquet"):
             return pq.read_table(p)
         if p.endswith(".csv"):
-            return pacsv.read_csv(p)
+            # Every request column as text: type inference would turn id "007" into 7 and "1e3" into 1000.0.
+            types = dict.fromkeys(REQUEST_COLUMNS, pa.string())
+            return pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(column_types=types))
         if p.endswith((".jsonl", ".json")):
-            return pajson.read_json(p)
+            return _read_json_lines(p)
     except (OSError, pa.ArrowInvalid) as exc:
         raise RequestError(f"cannot read request table {p}: {exc}") from exc
     raise RequestError(f"request table {p}: use .parquet, .csv or .jsonl")
+
+
+def _read_json_lines(path: str) -> pa.Table:
+    """One JSON object per line, parsed per row: ``params`` objects keep exactly their own keys
+    (one inferred struct over all rows would add other kinds' keys as nulls)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RequestError(f"{path}: line {number} is not valid JSON: {exc}") from None
+            if not isinstance(row, dict):
+                raise RequestError(f"{path}: line {number} must be a JSON object, got {type(row).__name__}")
+            rows.append({c: _text(row.get(c)) if c != "params" else _params_text(row.get(c))
+                         for c in REQUEST_COLUMNS if c in row})
+    columns = sorted({c for r in rows for c in r}, key=REQUEST_COLUMNS.index)
+    return pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in columns})
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _params_text(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else json.dumps(value)
 
 
 def requests_from_inputs(kind: str, inputs: list[str], params: Any = "{}") -> list[dict[str, Any]]:
@@ -106,9 +139,10 @@ def requests_from_inputs(kind: str, inputs: list[str], params: Any = "{}") -> li
     for image files by suffix, URIs passed through. RequestError when an input is
     missing or nothing is found."""
     images: list[str] = []
+    scan = getattr(KINDS.get(kind), "input", "image") == "image"  # a "uri" kind takes a folder (a run) as is
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
+        if p.is_dir() and scan:
             images += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         elif p.exists() or is_uri(item):
             images.append(item)

@@ -14,6 +14,12 @@ Normalisation (it sets the scale of the default weights):
 - ``G_l = F F^T / (C*H*W)`` for features ``F`` of shape ``[C, H*W]``: a Gram
   entry is a mean product over positions, independent of the image size, and
   divided by C so wide layers do not dominate (as in the PyTorch tutorial).
+- per layer, ``gram_norm = "chw"`` (default) takes the MSE of the Grams;
+  ``"gatys"`` takes the paper's ``E_l = 1/(4 N^2 M^2) sum (G - A)^2`` of the raw
+  Grams (N = C channels, M = H*W positions), which is ``sum (g - a)^2 / 4`` of
+  the normalised ones, i.e. ``C^2 / 4`` times the MSE: wide (deep) layers weigh
+  up to C^2 more than under "chw", as in the paper. Its default weights are in
+  ``DEFAULT_STYLE_WEIGHT_GATYS``.
 - the style term is the *mean* over style layers (Gatys' w_l = 1/L), so adding
   a layer does not change the overall style strength.
 - TV is the mean squared difference of neighbouring pixels in [0, 1].
@@ -32,15 +38,24 @@ style go through the network as luminance (the style's luminance mean/std
 matched to the content's), then the result's Y is recombined with the content's
 U/V chroma (BT.601 YUV).
 
-Pixels are optimised directly in [0, 1] (clamped between optimiser bursts by
-``optim.clamp01``) with the shared :func:`genlib.render.optim.optimize`.
+Pixels are optimised directly in [0, 1] with the shared
+:func:`genlib.render.optim.optimize`: ``optimizer = "lbfgsb"`` keeps every
+evaluated image inside the box (L-BFGS-B, as Gatys and the Keras example do),
+"lbfgs" clamps between bursts (``optim.clamp01``), "adam" after every step.
+Rows that agree on :meth:`StyleTransfer.batch_key` (scale shapes, optimiser, layers,
+loss weights) are optimised as one batch ``[B, 3, H, W]`` with per-row targets
+(:mod:`genlib.render.batching`); each row's result is the one it gets alone.
+``pooling = "avg"`` swaps VGG19's max pooling for average pooling (Gatys et al.:
+"slightly more appealing results"); the renderer builds that second backbone on
+first use and keeps it. ``snapshot_every`` records progress frames
+(``RenderOutput.frames``, at the output size, the result last).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -52,7 +67,8 @@ from genlib.config import Fields, is_real
 from genlib.render import io as rio
 from genlib.render.backbones import load_backbone
 from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
-from genlib.render.optim import clamp01, optimize
+from genlib.render.batching import groups, single
+from genlib.render.optim import BatchObjective, OptimResult, Snapshots, clamp01, optimize_batch
 
 # Per-backbone default layers: (content layer, style layers).
 # vgg19: Gatys et al.'s choice (conv4_2; the first conv of each block).
@@ -68,7 +84,14 @@ DEFAULT_LAYERS: dict[str, tuple[str, tuple[str, ...]]] = {
 # efficientnet_lite0 1e4 was picked by eye on Tuebingen x Starry Night at 256 px, 150 L-BFGS steps
 # (1e2 light, 1e3-1e4 strong with the content intact, 1e5 heavy): its BN'd activations are larger.
 DEFAULT_STYLE_WEIGHT = {"vgg19": 1e6, "efficientnet_lite0": 1e4}
-DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}  # adam on [0, 1] pixels: ~5/255 per step
+# The same for gram_norm = "gatys" (per layer C^2/4 x the "chw" MSE), chosen so that the weighted style
+# term at the start equals the "chw" default's. efficientnet_lite0: measured on 5 content/style pairs of
+# /work/shared/corpora/art at 128 px (chw/gatys ratios 3.4e-3 .. 4.6e-3, geometric mean 4.0e-3 -> 1e4 x
+# 4.0e-3 = 40). vgg19 (no weights offline to measure): the "chw" default over mean_l C_l^2/4 = 30515 of the
+# default layers, i.e. equal per-layer MSEs assumed -> 33; an estimate (for lite0 that rule gives 9.4, not 40).
+DEFAULT_STYLE_WEIGHT_GATYS = {"vgg19": 33.0, "efficientnet_lite0": 40.0}
+GRAM_NORMS = ("chw", "gatys")
+DEFAULT_LR = {"lbfgs": 1.0, "lbfgsb": 1.0, "adam": 0.02}  # adam on [0, 1] pixels: ~5/255 per step; lbfgsb ignores lr
 MIN_SIDE = 16  # VGG's conv5_1 / Lite0's stage5 are at stride 16: one feature pixel at least
 _STYLE_CACHE_SIZE = 8  # decoded style images kept per renderer (many rows share a painting)
 
@@ -95,14 +118,22 @@ class StyleParams:
     content_weight: float = 1.0
     """Weight of the content MSE."""
     style_weight: float | None = None
-    """Weight of the style term (mean over layers of the Gram MSE, Grams normalised by C*H*W).
-    None = backbone default (``DEFAULT_STYLE_WEIGHT``: vgg19 1e6, efficientnet_lite0 1e4), which
-    puts the weighted style and content terms at the same order (~1-30) after a few hundred steps."""
+    """Weight of the style term (mean over layers of the per-layer Gram loss, see ``gram_norm``).
+    None = backbone default (``DEFAULT_STYLE_WEIGHT``: vgg19 1e6, efficientnet_lite0 1e4 for "chw";
+    ``DEFAULT_STYLE_WEIGHT_GATYS``: vgg19 33, efficientnet_lite0 40 for "gatys"), which puts the
+    weighted style and content terms at the same order (~1-30) after a few hundred steps."""
+    gram_norm: Literal["chw", "gatys"] = "chw"
+    """Per-layer style loss: "chw" = MSE of Grams normalised by C*H*W; "gatys" = the paper's
+    1/(4 N^2 M^2) sum (G - A)^2, which weighs wide layers C^2/4 times more (module doc)."""
+    pooling: Literal["max", "avg"] = "max"
+    """Pooling of the backbone: "avg" replaces max pooling by average pooling (Gatys et al.; vgg19 only)."""
     tv_weight: float = 10.0
     """Weight of the total-variation term (mean squared neighbour difference of [0, 1] pixels,
     ~0.005-0.05): 10 is a mild smoother (~1% of the total at default weights); 100+ visibly smooths."""
-    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
-    """"lbfgs" (Gatys et al.; iterations count objective evaluations) or "adam"."""
+    optimizer: Literal["lbfgs", "lbfgsb", "adam"] = "lbfgs"
+    """"lbfgs" (torch L-BFGS, clamped to [0, 1] between bursts of 20 evaluations), "lbfgsb" (scipy's
+    box-constrained L-BFGS-B: pixels never leave [0, 1], as in Gatys et al.) or "adam". For both
+    L-BFGS variants iterations count objective evaluations."""
     iterations: int = 300
     """Optimiser iterations *per scale* (the output's ``iterations`` is the sum over scales; L-BFGS's
     line search may overshoot a burst by a few evaluations, the count reported is the real one)."""
@@ -121,6 +152,10 @@ class StyleParams:
     """Coarse-to-fine: optimise at size / 2**(scales-1) first, upsample the result as the next init."""
     seed: int = 0
     """Seed of the noise init (the only random part)."""
+    snapshot_every: int = 0
+    """Save a progress frame every this many objective evaluations (0 = off) into
+    ``RenderOutput.frames``, resized to the output size, the result appended last; past 64
+    frames every other one is dropped and the interval doubled."""
 
     def __post_init__(self) -> None:
         check = Fields(self)
@@ -129,6 +164,9 @@ class StyleParams:
         check.number("style_weight", low=0, optional=True)
         check.number("tv_weight", low=0)
         check.choice("optimizer", DEFAULT_LR)
+        check.choice("gram_norm", GRAM_NORMS)
+        check.choice("pooling", ("max", "avg"))
+        check.integer("snapshot_every", low=0)
         check.choice("init", ("content", "style", "noise"))
         check.integer("iterations", low=1)
         check.number("lr", above=0, optional=True)
@@ -143,6 +181,14 @@ class StyleParams:
         layers = self.style_layers
         check.require("style_layers", layers is None or (not isinstance(layers, str) and bool(layers)),
                       "must be a non-empty list of layer names (or None)")
+
+    def check_limits(self, limits) -> None:
+        """The render config's caps (a ``genlib.render.limits.RenderLimits``); LimitError names field and cap."""
+        limits.cap(self, "size", "max_side")
+        limits.cap(self, "iterations", "max_iterations")
+        limits.cap(self, "style", "max_styles", len(self.style))
+        limits.require(self, "style_scale", self.style_scale * self.size <= limits.max_side,
+                       f"must keep style_scale x size <= {limits.max_side} (limits.max_side)")
 
     def _check_styles(self, check: Fields) -> None:
         style = self.style
@@ -173,11 +219,18 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
 
 
+def gram_loss(gram: torch.Tensor, target: torch.Tensor, norm: str = "chw") -> torch.Tensor:
+    """Style loss of one layer per image ``[B]`` from normalised Grams ``[B, C, C]`` (see the module doc):
+    "chw" = their MSE; "gatys" = 1/(4 N^2 M^2) sum (G - A)^2 of the raw Grams = sum (g - a)^2 / 4."""
+    squared = (gram - target).pow(2).flatten(1)
+    return squared.sum(1) / 4 if norm == "gatys" else squared.mean(1)
+
+
 def tv_loss(x: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of vertical and horizontal neighbours of [B, 3, H, W]."""
+    """Mean squared difference of vertical and horizontal neighbours of [B, 3, H, W], per image ``[B]``."""
     dy = x[:, :, 1:, :] - x[:, :, :-1, :]
     dx = x[:, :, :, 1:] - x[:, :, :, :-1]
-    return dy.pow(2).mean() + dx.pow(2).mean()
+    return dy.pow(2).flatten(1).mean(1) + dx.pow(2).flatten(1).mean(1)
 
 
 # ----------------------------------------------------------------------------- colour
@@ -221,6 +274,15 @@ def resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.LANCZOS))
 
 
+def output_shape(shape: tuple[int, int], size: int) -> tuple[int, int]:
+    """(H, W) of a content of ``shape`` after ``rio.resize_max(content, size)`` (never enlarged)."""
+    h, w = shape
+    if max(h, w) <= size:
+        return h, w
+    scale = size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def fit_max_side(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
     """(H, W) scaled (up or down) so that the longer side is ``max_side``."""
     h, w = shape
@@ -251,6 +313,8 @@ class Setup:
     style_layers: list[str]
     style_weight: float
     lr: float
+    gram_norm: str = "chw"
+    pooling: str = "max"
 
     @property
     def wanted(self) -> list[str]:
@@ -273,13 +337,20 @@ class StyleTransfer:
 
     >>> st = StyleTransfer("vgg19", device="cuda")
     >>> out = st(content_rgb_uint8, StyleParams(style=["starry_night.jpg"]))
+    >>> outs = st.render_many([photo_a, photo_b], [params_a, params_b])  # one batch when batch_key agrees
+
+    Rows with the same :meth:`batch_key` are optimised as one batch ``[B, 3, H, W]``: per-row
+    targets (content features, blended style Grams) are stacked, the objective returns per-row
+    terms, and :func:`genlib.render.optim.optimize_batch` keeps every row's trajectory its own
+    (L-BFGS in lockstep, Adam elementwise; each row its own budget, start image and snapshots).
     """
 
     def __init__(self, backbone: str = "vgg19", weights: str | None = "default", device="cpu") -> None:
         self.device = torch.device(device)
         self.backbone = load_backbone(backbone, weights, device=self.device).eval().requires_grad_(False)
-        self.name = backbone
+        self.name, self._weights = backbone, weights
         self.weights_id = self.backbone.weights_id
+        self._networks = {"max": self.backbone}  # pooling -> backbone; "avg" is built on first use
         self._style_cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @classmethod
@@ -291,28 +362,106 @@ class StyleTransfer:
                  styles: list[np.ndarray] | None = None) -> RenderOutput:
         """Stylise uint8 [H, W, 3] ``content``; ``styles`` = already-loaded style images, else read
         ``params.style``. Returns the image at max side ``params.size`` and the final weighted losses."""
+        return single(self.render_many([content], [params], None if styles is None else [styles]))
+
+    def batch_key(self, content: np.ndarray, params: StyleParams) -> tuple:
+        """Rows with equal keys share a batch: same scale shapes, optimiser, lr, layers and loss
+        weights. Content, styles (and their blend, scale, colour handling), init, seed, iterations
+        and snapshots stay per row."""
+        setup = self.setup(params)
+        shapes = scale_shapes(output_shape(content.shape[:2], params.size), params.scales)
+        return _key(shapes, params, setup)
+
+    def render_many(self, contents: Sequence[np.ndarray], params_list: Sequence[StyleParams],
+                    styles_list: Sequence[list[np.ndarray] | None] | None = None) -> list[RenderOutput | Exception]:
+        """Render every row, rows with the same batch key as one batch; a failing row (unreadable
+        style, bad layer, NaN loss) is its exception, the others go on."""
+        results: list[RenderOutput | Exception | None] = [None] * len(contents)
+        jobs: dict[int, _Job] = {}
+        for i, (content, params) in enumerate(zip(contents, params_list)):
+            try:
+                jobs[i] = self._job(content, params, styles_list[i] if styles_list else None)
+            except Exception as exc:
+                results[i] = exc
+        rows = list(jobs)
+        for group in groups(jobs[i].key for i in rows):
+            batch = [jobs[rows[k]] for k in group]
+            for k, result in zip(group, self._render(batch)):
+                results[rows[k]] = result
+        return results
+
+    def _job(self, content: np.ndarray, params: StyleParams, styles: list[np.ndarray] | None) -> _Job:
+        """A row checked and prepared: setup, content at the output size, styles loaded."""
         setup = self.setup(params)
         to_tensor(content[:1, :1])  # dtype/shape check (the contract's message) before any resizing
         content = rio.resize_max(content, params.size)
         styles = self._load_styles(params, styles)
-        x, iterations, history = None, 0, []
-        for shape in scale_shapes(content.shape[:2], params.scales):
-            targets = self.targets(content, styles, params, shape, setup)
-            x = self._init(targets, params) if x is None else _upsample(x, shape)
-            objective = self.objective(targets, params, setup)
-            # contiguous: to_tensor's permuted view would break L-BFGS's flat gradient view
-            res = optimize(x.contiguous(), objective, method=params.optimizer, iterations=params.iterations,
-                           lr=setup.lr, project=clamp01)
-            x, iterations, history = res.param, iterations + res.iterations, history + res.history
-        with torch.no_grad():  # losses of the returned image itself (after the last clamp)
-            final = {k: float(v) for k, v in objective(x).items()}
-        if params.preserve_color:
-            x = recombine_color(x, to_tensor(content, self.device))
+        full = to_tensor(content, self.device)  # [1, 3, H, W]: output shape, and the chroma of preserve_color
+        shapes = scale_shapes(content.shape[:2], params.scales)
+        snaps = Snapshots.maybe(params.snapshot_every,
+                                lambda x: self._finish(_upsample(x, full.shape[2:]), full, params))
+        return _Job(content, styles, params, setup, full, shapes, _key(shapes, params, setup), snaps)
+
+    def _render(self, jobs: list[_Job]) -> list[RenderOutput | Exception]:
+        """Jobs with one batch key, coarse to fine: each scale is one optimize_batch call."""
+        objective, live = None, jobs
+        for shape in jobs[0].shapes:
+            live, objective = self._scale([job for job in live if job.error is None], shape)
+        done = [k for k, job in enumerate(live) if job.error is None]
+        if done:
+            with torch.no_grad():  # losses of the returned images themselves (after the last clamp)
+                final = objective(torch.cat([live[k].x for k in done]), done)
+            for n, k in enumerate(done):
+                live[k].final = {name: float(v[n]) for name, v in final.items()}
+        return [job.error or self._output(job) for job in jobs]
+
+    def _scale(self, jobs: list[_Job], shape: tuple[int, int]) -> tuple[list[_Job], BatchObjective | None]:
+        """Optimise ``jobs`` at ``shape``; -> (the jobs that had targets, their objective)."""
+        targets = []
+        for job in jobs:
+            try:
+                targets.append(self.targets(job.content, job.styles, job.params, shape, job.setup))
+            except Exception as exc:
+                job.error = exc
+        jobs = [job for job in jobs if job.error is None]
+        if not jobs:
+            return jobs, None
+        first, setup = jobs[0].params, jobs[0].setup  # what the key makes equal
+        start = torch.cat([self._init(t, job.params) if job.x is None else _upsample(job.x, shape)
+                           for job, t in zip(jobs, targets)])  # [b, 3, H, W]
+        objective = self.objective(targets, first, setup)
+        # contiguous: to_tensor's permuted view would break L-BFGS's flat gradient view
+        results = optimize_batch(start.contiguous(), objective, method=first.optimizer,
+                                 iterations=[job.params.iterations for job in jobs], lr=setup.lr, project=clamp01,
+                                 bounds=(0.0, 1.0), callbacks=[job.snaps for job in jobs])
+        for job, res in zip(jobs, results):
+            job.advance(res)
+        return jobs, objective
+
+    def _output(self, job: _Job) -> RenderOutput:
+        image = self._finish(job.x, job.full, job.params)
+        final, setup = job.final, job.setup
         losses = {"content": final["content"], "style": final["style"], "tv": final["tv"], "total": final["loss"]}
         info = {"weights_id": self.weights_id, "backbone": self.name, "content_layer": setup.content_layer,
                 "style_layers": setup.style_layers, "style_weight": setup.style_weight,
-                "history": history}  # total loss per objective evaluation, all scales
-        return RenderOutput(image=to_image(x), losses=losses, iterations=iterations, info=info)
+                "gram_norm": setup.gram_norm, "pooling": setup.pooling,
+                "history": job.history}  # total loss per objective evaluation, all scales
+        frames = [*job.snaps.frames, image] if job.snaps else []
+        return RenderOutput(image=image, losses=losses, iterations=job.iterations, info=info, frames=frames)
+
+    @staticmethod
+    def _finish(x: torch.Tensor, content: torch.Tensor, params: StyleParams) -> np.ndarray:
+        """Optimised pixels [1, 3, H, W] -> the uint8 output (content colours back with preserve_color)."""
+        return to_image(recombine_color(x, content) if params.preserve_color else x)
+
+    def network(self, pooling: str = "max"):
+        """The backbone with max or average pooling (built once, vgg19 only); RenderError otherwise."""
+        if pooling not in self._networks:
+            if self.name != "vgg19":
+                raise RenderError(f"pooling: 'avg' needs the vgg19 backbone, this renderer uses {self.name}")
+            bb = load_backbone(self.name, self._weights, device=self.device, avg_pool=True)
+            self._networks[pooling] = bb.eval().requires_grad_(False)
+        return self._networks[pooling]
 
     def setup(self, params: StyleParams) -> Setup:
         """Fill the backbone's defaults into ``params`` and check its layer names (RenderError naming the field)."""
@@ -320,17 +469,20 @@ class StyleTransfer:
         style_layers = list(params.style_layers or self._default("style_layers", 1))
         style_weight = params.style_weight
         if style_weight is None:
-            style_weight = self._default("style_weight", None)
+            style_weight = self._default("style_weight", None, params.gram_norm)
         for field_name, names in (("content_layer", [content_layer]), ("style_layers", style_layers)):
             try:
                 self.backbone.resolve(names)  # aliases (inception's mixedN) are fine too
             except ValueError as exc:
                 raise RenderError(f"{field_name}: {exc}") from None
-        return Setup(content_layer, style_layers, float(style_weight), params.lr or DEFAULT_LR[params.optimizer])
+        self.network(params.pooling)  # RenderError now for avg pooling on another backbone
+        return Setup(content_layer, style_layers, float(style_weight), params.lr or DEFAULT_LR[params.optimizer],
+                     params.gram_norm, params.pooling)
 
-    def _default(self, field_name: str, index: int | None):
+    def _default(self, field_name: str, index: int | None, gram_norm: str = "chw"):
         """The backbone's default for ``field_name``; backbones without one need it set explicitly."""
-        table = DEFAULT_STYLE_WEIGHT if index is None else DEFAULT_LAYERS
+        weights = DEFAULT_STYLE_WEIGHT_GATYS if gram_norm == "gatys" else DEFAULT_STYLE_WEIGHT
+        table = weights if index is None else DEFAULT_LAYERS
         if self.name not in table:
             raise RenderError(f"{field_name}: backbone {self.name} has no default, set it "
                               f"(taps: {', '.join(self.backbone.layers)})")
@@ -346,12 +498,14 @@ class StyleTransfer:
         if params.preserve_color:  # the network sees luminance only; style luminance matched to the content's
             c = luminance(c)
             s = [match_luminance(luminance(t), c) for t in s]
+        network = self.network(setup.pooling)
         with torch.no_grad():
-            content_feats = self.backbone(c, [setup.content_layer])[setup.content_layer]
-            grams = self._blended_grams(s, params.blend, setup.style_layers)
+            content_feats = network(c, [setup.content_layer])[setup.content_layer]
+            grams = self._blended_grams(network, s, params.blend, setup.style_layers)
         return Targets(content_feats, grams, c, s)
 
-    def _blended_grams(self, styles: list[torch.Tensor], blend: list[float],
+    @staticmethod
+    def _blended_grams(network, styles: list[torch.Tensor], blend: list[float],
                        style_layers: list[str]) -> dict[str, torch.Tensor]:
         """sum_k w_k G_l(style_k) per layer; zero-weight styles are not even run through the network."""
         grams: dict[str, torch.Tensor] = {}
@@ -359,21 +513,27 @@ class StyleTransfer:
             if w == 0:
                 continue
             _check_side(img.shape[2:], "a style image after resizing")
-            feats = self.backbone(img, style_layers)
+            feats = network(img, style_layers)
             for layer in style_layers:
                 g = w * gram_matrix(feats[layer])
                 grams[layer] = grams[layer] + g if layer in grams else g
         return grams
 
-    def objective(self, targets: Targets, params: StyleParams, setup: Setup):
-        """x [1, 3, H, W] -> weighted loss terms; "loss" is their sum (minimised)."""
+    def objective(self, targets: Sequence[Targets], params: StyleParams, setup: Setup) -> BatchObjective:
+        """Rows' images x [b, 3, H, W] -> per-row weighted loss terms [b]; "loss" is their sum
+        (minimised). ``targets[r]`` are row r's; the weights are ``params``' (shared by a batch)."""
+        network = self.network(setup.pooling)
+        content = torch.cat([t.content for t in targets])  # [n, C, h, w]
+        grams = {layer: torch.cat([t.grams[layer] for t in targets]) for layer in setup.style_layers}  # [n, C, C]
+        everyone = list(range(len(targets)))
 
-        def objective(x: torch.Tensor) -> dict[str, torch.Tensor]:
-            feats = self.backbone(x, setup.wanted)
-            content = F.mse_loss(feats[setup.content_layer], targets.content)
-            style = torch.stack([F.mse_loss(gram_matrix(feats[layer]), targets.grams[layer])
-                                 for layer in setup.style_layers]).mean()
-            terms = {"content": params.content_weight * content, "style": setup.style_weight * style,
+        def objective(x: torch.Tensor, rows: list[int]) -> dict[str, torch.Tensor]:
+            pick = (lambda t: t) if rows == everyone else (lambda t: t[rows])  # this evaluation's rows
+            feats = network(x, setup.wanted)
+            c = (feats[setup.content_layer] - pick(content)).pow(2).flatten(1).mean(1)  # per-row MSE [b]
+            style = torch.stack([gram_loss(gram_matrix(feats[layer]), pick(grams[layer]), setup.gram_norm)
+                                 for layer in setup.style_layers]).mean(0)  # [layers, b] -> [b]
+            terms = {"content": params.content_weight * c, "style": setup.style_weight * style,
                      "tv": params.tv_weight * tv_loss(x)}
             return {"loss": terms["content"] + terms["style"] + terms["tv"], **terms}
 
@@ -414,6 +574,42 @@ class StyleTransfer:
         return image
 
 
+@dataclass
+class _Job:
+    """One row of a batch: its inputs, resolved setup and progress over the scales."""
+
+    content: np.ndarray                 # uint8 [H, W, 3] at the output size
+    styles: list[np.ndarray]            # uint8 style images as loaded
+    params: StyleParams
+    setup: Setup
+    full: torch.Tensor                  # the content [1, 3, H, W]: output shape, chroma of preserve_color
+    shapes: list[tuple[int, int]]       # (H, W) per scale, coarse to fine
+    key: tuple                          # StyleTransfer.batch_key
+    snaps: Snapshots | None = None
+    x: torch.Tensor | None = None       # current image [1, 3, h, w]
+    iterations: int = 0                 # evaluations over the scales so far
+    history: list[float] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+    error: Exception | None = None
+
+    def advance(self, result: OptimResult | Exception) -> None:
+        """Take one scale's optimisation result (or the row's error)."""
+        if isinstance(result, Exception):
+            self.error = result
+            return
+        self.x = result.param
+        self.iterations += result.iterations
+        self.history = self.history + result.history
+
+
+def _key(shapes: list[tuple[int, int]], params: StyleParams, setup: Setup) -> tuple:
+    """What rows sharing a batch must agree on (see ``StyleTransfer.batch_key``)."""
+    return (tuple(shapes), params.optimizer, setup.lr, setup.content_layer, tuple(setup.style_layers),
+            setup.style_weight, setup.gram_norm, setup.pooling, params.content_weight, params.tv_weight)
+
+
 def _upsample(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Previous scale's result [1, 3, h, w] -> [1, 3, H, W] as the next scale's init."""
+    if tuple(x.shape[2:]) == tuple(shape):
+        return x
     return F.interpolate(x, size=shape, mode="bicubic", align_corners=False).clamp(0, 1)

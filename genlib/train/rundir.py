@@ -5,7 +5,14 @@ Layout (Ray Train adds its ``checkpoint_*`` folders beside these)::
     run.json                 # TrainConfig, resolved model config, corpus id
     metrics.csv              # one row per logged step (averaged over ranks)
     samples/step_000200.png  # sample grids
+    eval.json, eval/step_000200.json   # eval records (genlib.eval.record)
+    events.out.tfevents.*    # TensorBoard: the same scalars, sample grids and eval metrics
     plots/*.png, report.html # written by genlib.train.report
+
+TensorBoard files are written by whoever logs (rank 0 of training, ``genlib eval``),
+one file per process, so ``tensorboard --logdir runs`` shows every run by its folder
+name. For a run folder behind a URI the file is written to a local temp folder and
+uploaded whole after each write (it stays small: scalars and a few grids).
 """
 
 from __future__ import annotations
@@ -13,12 +20,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from genlib.eval import record as eval_record
 from genlib.images import encode_png, image_grid, upscale_nearest
 from genlib.storage import Storage
 
@@ -33,6 +43,8 @@ class RunDir:
     def __init__(self, root: str | Path) -> None:
         self.storage = Storage(root)
         self.rows: list[dict[str, Any]] = []
+        self._events: Events | None = None  # opened by the first log/save_* call (rank 0 only)
+        self._purge_step: int | None = None
 
     @property
     def uri(self) -> str:
@@ -48,11 +60,13 @@ class RunDir:
         """Load the log and drop rows past ``step`` (logged after the checkpoint we
         resume from), so a resumed run has no duplicated steps."""
         self.rows = [r for r in read_metrics(self.storage) if int(r["step"]) <= step]
+        self._purge_step = step + 1  # TensorBoard hides the old events from here on
         self._write()
 
     def log(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         self._write()
+        self.events.scalars({f"train/{k}": v for k, v in row.items() if k != "step"}, int(row["step"]))
 
     def _write(self) -> None:
         if not self.rows:
@@ -69,7 +83,75 @@ class RunDir:
         """``images [N, 3, H, W]`` in [-1, 1] -> ``samples/step_NNNNNN.png``."""
         rel = f"{SAMPLES}/step_{step:06d}.png"
         self.storage.write_bytes(rel, grid_png(images))
+        tiles = to_uint8(images)
+        self.events.image("samples", image_grid(tiles, columns=int(np.ceil(np.sqrt(len(tiles))))), step)
         return rel
+
+    def save_eval(self, record: dict[str, Any]) -> str:
+        """Write an eval record (:mod:`genlib.eval.record`) to ``eval/step_NNNNNN.json``
+        (merged into an earlier record of the same evaluation) and ``eval.json``."""
+        rel = eval_record.step_file(record["step"])
+        old = json.loads(self.storage.read_text(rel)) if self.storage.is_file(rel) else None
+        merged = eval_record.merge(old, record)
+        text = eval_record.dumps(merged)
+        self.storage.write_text(rel, text)
+        self.storage.write_text(eval_record.EVAL_JSON, text)  # last: the latest evaluation
+        self.events.scalars({f"eval/{k}": v for k, v in eval_record.scalars(record)}, int(record["step"]))
+        return rel
+
+    def evals(self) -> list[dict[str, Any]]:
+        """Every eval record of the run, by step."""
+        return eval_record.read_records(self.storage)
+
+    @property
+    def events(self) -> Events:
+        if self._events is None:
+            self._events = Events(self.storage, self._purge_step)
+        return self._events
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+
+
+class Events:
+    """This process's TensorBoard event file in a run folder (local, or uploaded to a URI)."""
+
+    def __init__(self, storage: Storage, purge_step: int | None = None) -> None:
+        # lazy: torch.utils.tensorboard imports tensorboard, needed only by processes that log
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.storage = storage
+        local = storage.local_path()
+        self.tmp = None if local else Path(tempfile.mkdtemp(prefix="genlib-tb-"))
+        if local:
+            local.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(log_dir=str(local or self.tmp), purge_step=purge_step)
+
+    def scalars(self, values: dict[str, Any], step: int) -> None:
+        for tag, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+                self.writer.add_scalar(tag, value, step)
+        self.flush()
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """``image`` uint8 ``[H, W, 3]``."""
+        self.writer.add_image(tag, image, step, dataformats="HWC")
+        self.flush()
+
+    def flush(self) -> None:
+        """Flush to disk; behind a URI, upload the event file(s) whole."""
+        self.writer.flush()
+        if self.tmp is not None:
+            for path in sorted(self.tmp.iterdir()):
+                self.storage.write_bytes(path.name, path.read_bytes())
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:

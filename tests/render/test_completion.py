@@ -69,7 +69,7 @@ def _photo(seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("field, value", [("mask", ""), ("mask_fraction", 1.0), ("mask_fraction", 0),
                                           ("lam", -0.1), ("window", 4), ("window", 1), ("iterations", 0),
                                           ("lr", 0.0), ("momentum", 1.0), ("restarts", 0), ("blend", 1),
-                                          ("seed", -1), ("iterations", 2.5)])
+                                          ("seed", -1), ("iterations", 2.5), ("snapshot_every", -1)])
 def test_params_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"CompletionParams.{field}"):
         CompletionParams(**{field: value})
@@ -183,6 +183,17 @@ def test_restarts_are_one_batch_and_the_best_wins(completer):
     assert len(losses) == 5 and len(set(losses)) == 5
     assert out.info["restart"] == int(np.argmin(losses))
     assert out.losses["total"] == pytest.approx(min(losses))
+
+
+def test_snapshots_show_the_best_restart_pasted_into_the_hole(completer):
+    image = _photo(3)
+    out = completer(image, CompletionParams(snapshot_every=10, **FAST))
+    assert len(out.frames) == FAST["iterations"] // 10 + 1 and np.array_equal(out.frames[-1], out.image)
+    known = out.extras["mask"] == 255
+    for frame in out.frames[:-1]:
+        assert frame.shape == (S, S, 3) and (frame[known] == image[known]).all()  # the input around the hole
+    assert not np.array_equal(out.frames[0][~known], out.frames[-2][~known])  # the hole changes as z moves
+    assert completer(image, CompletionParams(**FAST)).frames == []
 
 
 def test_deterministic_for_a_seed(completer):

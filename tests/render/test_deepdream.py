@@ -21,9 +21,12 @@ from genlib.render.deepdream import (
     DeepDream,
     DreamObjective,
     DreamParams,
+    Jitter,
     capped_shape,
+    gaussian_blur,
     octave_shapes,
     tile_spans,
+    trim_border,
 )
 
 CHEAP = {"mixed2": 0.5, "mixed3": 1.0}  # stops at Mixed_6a: a third of the default's cost
@@ -96,6 +99,9 @@ def test_octave_shapes_smallest_first_and_too_small_ones_dropped():
     ("layers", {}, "must be a non-empty table of tap -> weight"),
     ("layers", ["mixed3"], "must be a non-empty table of tap -> weight"),
     ("layers", {"mixed3": 0.0}, "at least one weight must be non-zero"),
+    ("init", "zeros", "must be one of 'image', 'noise'"), ("blur", "both", "must be one of 'image', 'gradient'"),
+    ("blur_sigma", -1.0, "must be a finite number >= 0.0"), ("border", -1, "must be an integer >= 0"),
+    ("snapshot_every", -1, "must be an integer >= 0"),
 ])
 def test_params_validation_names_the_field(field, value, reason):
     with pytest.raises(ValueError, match=f"^{re.escape(f'DreamParams.{field}: {reason}, got {value!r}')}$"):
@@ -198,7 +204,7 @@ def test_tiled_gradient_is_the_gradient_of_the_area_weighted_tile_sum(dream, rol
         return sum(0.25 * plain_objective(dream.backbone, c, CHEAP) for c in crops)
 
     value, grad = autograd(tile_sum, x)
-    terms, tiled = DreamObjective(dream.backbone, CHEAP, tile=80).evaluate(x, roll)
+    terms, tiled = DreamObjective(dream.backbone, CHEAP, tile=80).evaluate(x, [roll])
     assert float(terms["activation"]) == pytest.approx(float(value), rel=1e-5)
     torch.testing.assert_close(tiled, grad, rtol=1e-4, atol=1e-5 * float(grad.abs().max()))
     untiled, _ = autograd(lambda t: plain_objective(dream.backbone, t, CHEAP), x)
@@ -207,8 +213,8 @@ def test_tiled_gradient_is_the_gradient_of_the_area_weighted_tile_sum(dream, rol
 
 def test_surrogate_loss_gives_optimize_the_ascent_direction(dream):
     x = to_tensor(photo(96, 96)).requires_grad_(True)
-    objective = DreamObjective(dream.backbone, CHEAP, tile=512, jitter=0)
-    terms = objective(x)
+    objective = DreamObjective(dream.backbone, CHEAP, tile=512, jitters=[Jitter(0, 512)])
+    terms = objective(x, [0])
     terms["loss"].backward()
     ref, grad = DreamObjective(dream.backbone, CHEAP, tile=512).evaluate(x)
     assert float(terms["loss"].detach()) == pytest.approx(-float(ref["activation"]), rel=1e-6)
@@ -218,14 +224,14 @@ def test_surrogate_loss_gives_optimize_the_ascent_direction(dream):
 
 
 def test_jitter_and_tile_offsets_are_seeded_and_bounded(dream):
-    one = DreamObjective(dream.backbone, CHEAP, tile=512, jitter=5, generator=torch.Generator().manual_seed(0))
-    rolls = [one.draw_roll(160, 64) for _ in range(50)]
+    one = Jitter(5, 512, torch.Generator().manual_seed(0))
+    rolls = [one.draw(160, 64) for _ in range(50)]
     assert all(abs(dy) <= 5 and abs(dx) <= 5 for dy, dx in rolls) and len(set(rolls)) > 10
-    tiled = DreamObjective(dream.backbone, CHEAP, tile=80, jitter=0, generator=torch.Generator().manual_seed(0))
-    rolls = [tiled.draw_roll(160, 64) for _ in range(50)]  # rows: 2 tiles -> offset in [0, 80); cols: 1 tile
+    tiled = Jitter(0, 80, torch.Generator().manual_seed(0))
+    rolls = [tiled.draw(160, 64) for _ in range(50)]  # rows: 2 tiles -> offset in [0, 80); cols: 1 tile
     assert all(0 <= dy < 80 and dx == 0 for dy, dx in rolls) and len({dy for dy, _ in rolls}) > 10
-    again = DreamObjective(dream.backbone, CHEAP, tile=80, jitter=0, generator=torch.Generator().manual_seed(0))
-    assert [again.draw_roll(160, 64) for _ in range(50)] == rolls
+    again = Jitter(0, 80, torch.Generator().manual_seed(0))
+    assert [again.draw(160, 64) for _ in range(50)] == rolls
 
 
 # --------------------------------------------------------------------------- tiles in a full render
@@ -261,3 +267,82 @@ def test_pretrained_efficientnet_dreams_a_real_photo(name):
     assert after > 1.2 * before, (terms_before, terms_after)
     for tap in ("stage5", "stage6"):  # the most weighted taps
         assert terms_after[tap] > 1.2 * terms_before[tap], (terms_before, terms_after)
+
+
+# --------------------------------------------------------------------------- seed options: noise, blur, border, frames
+
+LITE = {"stage2": 1.0, "stage3": 0.5}  # random EfficientNet-Lite0 taps at strides 4 and 8: cheap
+
+
+@pytest.fixture(scope="module")
+def lite() -> DeepDream:
+    return DeepDream("efficientnet_lite0", weights="none")
+
+
+def fast(**kw) -> DreamParams:
+    return DreamParams(**{"layers": LITE, "octaves": 1, "iterations": 3, "jitter": 2, "size": 48, **kw})
+
+
+def total_variation(image: np.ndarray) -> float:
+    x = image.astype(float)
+    return float(np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean())
+
+
+def test_gaussian_blur_keeps_the_mean_and_removes_high_frequencies():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 20, 24)
+    y = gaussian_blur(x, 1.5)
+    assert y.shape == x.shape and torch.equal(gaussian_blur(x, 0.0), x)
+    assert torch.allclose(gaussian_blur(torch.full((1, 3, 9, 9), 0.3), 2.0), torch.full((1, 3, 9, 9), 0.3))
+    assert abs(float(y.mean() - x.mean())) < 0.01 and float(y.std()) < 0.5 * float(x.std())
+    tiny = torch.rand(1, 1, 3, 2)
+    assert gaussian_blur(tiny, 5.0).shape == tiny.shape  # radius capped below the image side
+    impulse = torch.zeros(1, 1, 11, 11)
+    impulse[..., 5, 5] = 1.0
+    kernel = gaussian_blur(impulse, 1.0)[0, 0]  # the 2-D kernel: radius 3 sigma, normalised
+    centre = 1 / sum(np.exp(-t * t / 2) for t in range(-3, 4)) ** 2
+    assert float(kernel.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert float(kernel[5, 5]) == pytest.approx(centre, rel=1e-5)
+    assert torch.allclose(kernel, kernel.T) and torch.allclose(kernel, kernel.flip(0))
+
+
+def test_border_leaves_the_edge_activations_out(lite):
+    f = torch.arange(2 * 6 * 5.0).reshape(1, 2, 6, 5)
+    assert torch.equal(trim_border(f, 1), f[..., 1:5, 1:4]) and torch.equal(trim_border(f, 0), f)
+    assert trim_border(f, 9).shape == (1, 2, 2, 1)  # capped: rows (6 - 1) // 2 = 2, columns (5 - 1) // 2 = 2
+    x = to_tensor(photo(48, 40))
+    terms, _ = DreamObjective(lite.backbone, LITE, tile=512, border=2).evaluate(x, grad=False)
+    with torch.no_grad():
+        feats = lite.backbone(x, list(LITE))
+    expected = {tap: float(f[..., 2:-2, 2:-2].pow(2).mean()) for tap, f in feats.items()}
+    assert {tap: float(terms[tap]) for tap in LITE} == pytest.approx(expected, rel=1e-5)
+    full, _ = DreamObjective(lite.backbone, LITE, tile=512).evaluate(x, grad=False)
+    assert float(full["activation"]) != pytest.approx(float(terms["activation"]), rel=1e-3)
+
+
+def test_noise_init_uses_the_input_only_for_its_size(lite):
+    a = lite(photo(40, 56, seed=1), fast(init="noise", seed=5, size=64))
+    b = lite(photo(40, 56, seed=2)[::-1].copy(), fast(init="noise", seed=5, size=64))
+    c = lite(photo(40, 56, seed=1), fast(init="noise", seed=6, size=64))
+    assert a.image.shape == (40, 56, 3) and np.array_equal(a.image, b.image)
+    assert not np.array_equal(a.image, c.image) and a.info["init"] == "noise"
+    # it starts near grey (0.5 +- 0.1) and the ascent moves it: the activation goes up
+    assert a.losses["activation"] > a.info["activation_start"]
+    big = lite(photo(100, 80), fast(init="noise", size=50, octaves=2, octave_scale=1.2))
+    assert big.image.shape == (50, 40, 3) and big.info["octave_shapes"] == [[42, 33], [50, 40]]
+
+
+@pytest.mark.parametrize("blur", ["image", "gradient"])
+def test_blur_smooths_the_dream(lite, blur):
+    image = np.full((48, 48, 3), 128, np.uint8)  # flat: whatever texture appears is the dream's
+    plain = lite(image, fast(iterations=6, step=0.05, jitter=0))
+    blurred = lite(image, fast(iterations=6, step=0.05, jitter=0, blur_sigma=1.5, blur=blur))
+    assert total_variation(blurred.image) < 0.7 * total_variation(plain.image)
+
+
+def test_snapshots_are_frames_at_the_output_size(lite):
+    out = lite(photo(48, 44), fast(octaves=2, octave_scale=1.3, iterations=3, snapshot_every=2))
+    assert out.iterations == 6 and len(out.frames) == 6 // 2 + 1  # steps 2, 4, 6 over both octaves, then the result
+    assert all(f.shape == out.image.shape == (48, 44, 3) for f in out.frames)
+    assert np.array_equal(out.frames[-1], out.image) and lite(photo(48, 44), fast()).frames == []
+

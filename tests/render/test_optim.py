@@ -45,3 +45,62 @@ def test_image_tensor_round_trip():
     assert (to_image(t) == img).all()
     with pytest.raises(RenderError, match="expected a uint8 RGB image"):
         to_tensor(img[..., :2])
+
+
+# ----------------------------------------------------------------------------- L-BFGS-B
+
+
+def _recording(objective, seen: list):
+    """The objective, plus a copy of every point it is evaluated at."""
+    def wrapped(p):
+        seen.append(p.detach().clone())
+        return objective(p)
+    return wrapped
+
+
+def test_lbfgsb_evaluates_only_inside_the_box_and_finds_the_box_optimum():
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 6, 6) * 3 - 1  # two thirds of it outside [0, 1]
+    seen: list[torch.Tensor] = []
+    res = optimize(torch.full_like(target, 0.5), _recording(quadratic(target), seen), method="lbfgsb",
+                   iterations=50, bounds=(0.0, 1.0))
+    assert seen and all(float(p.min()) >= 0.0 and float(p.max()) <= 1.0 for p in seen)  # exactly, every evaluation
+    assert torch.allclose(res.param, target.clamp(0, 1), atol=1e-5)  # the constrained minimum: the clipped target
+    assert res.param.dtype == target.dtype and res.param.shape == target.shape
+    assert res.final["loss"] == pytest.approx(float(((target.clamp(0, 1) - target) ** 2).sum()), rel=1e-5)
+    assert len(res.history) == res.iterations == len(seen) <= 50
+
+
+def test_lbfgsb_spends_exactly_the_budget_and_returns_the_best_point():
+    torch.manual_seed(1)
+    a = torch.randn(40, 40)
+    hard = lambda p: {"loss": ((a @ p.flatten()) ** 2).sum() + (p - 0.3).pow(4).sum()}  # noqa: E731
+    seen: list[torch.Tensor] = []
+    res = optimize(torch.rand(40), _recording(hard, seen), method="lbfgsb", iterations=7, bounds=(-0.5, 0.5))
+    assert res.iterations == 7 == len(seen) == len(res.history)
+    best = min(range(7), key=lambda i: res.history[i])
+    assert torch.equal(res.param, seen[best]) and res.final["loss"] == res.history[best]
+    assert float(res.param.abs().max()) <= 0.5
+
+
+def test_lbfgsb_without_bounds_is_plain_lbfgs():
+    torch.manual_seed(2)
+    target = torch.randn(2, 5) * 4
+    res = optimize(torch.zeros_like(target), quadratic(target), method="lbfgsb", iterations=30)
+    assert res.final["dist"] < 1e-4
+
+
+def test_snapshots_keep_every_nth_evaluation_and_thin_past_the_limit():
+    from genlib.render.optim import Snapshots
+
+    snaps = Snapshots(2, lambda p: p.clone(), limit=4)
+    res = optimize(torch.zeros(1), lambda p: {"loss": (p - 1).pow(2).sum()}, method="adam", lr=0.1,
+                   iterations=6, callback=snaps)
+    assert res.iterations == 6 and len(snaps.frames) == 3 and snaps.every == 2  # evaluations 2, 4, 6
+    assert float(snaps.frames[0]) == pytest.approx(0.1)  # evaluation 2 sees the param after one Adam step
+    more = Snapshots(1, lambda p: float(p), limit=4)
+    for i in range(1, 11):
+        more(i, {"loss": 0.0}, torch.tensor(float(i)))
+    # 1..5 -> over the limit: keep 2, 4 (every 2); then 6, 8, 10 -> over again: keep 4, 8 (every 4)
+    assert more.every == 4 and more.frames == [4.0, 8.0]
+    assert Snapshots.maybe(0, float) is None

@@ -15,8 +15,10 @@ from genlib.render.io import resize_max
 from genlib.render.style import (
     DEFAULT_LAYERS,
     DEFAULT_STYLE_WEIGHT,
+    DEFAULT_STYLE_WEIGHT_GATYS,
     StyleParams,
     StyleTransfer,
+    gram_loss,
     gram_matrix,
     rgb_to_yuv,
     scale_shapes,
@@ -103,7 +105,10 @@ def test_scale_shapes_are_coarse_to_fine():
     ({"content_weight": -1.0}, "content_weight: must be a finite number >= 0, got -1.0"),
     ({"style_weight": float("nan")}, "style_weight: must be a finite number >= 0 (or None), got nan"),
     ({"tv_weight": -0.1}, "tv_weight: must be a finite number >= 0, got -0.1"),
-    ({"optimizer": "sgd"}, "optimizer: must be one of 'lbfgs', 'adam', got 'sgd'"),
+    ({"optimizer": "sgd"}, "optimizer: must be one of 'lbfgs', 'lbfgsb', 'adam', got 'sgd'"),
+    ({"gram_norm": "l2"}, "gram_norm: must be one of 'chw', 'gatys', got 'l2'"),
+    ({"pooling": "min"}, "pooling: must be one of 'max', 'avg', got 'min'"),
+    ({"snapshot_every": -1}, "snapshot_every: must be an integer >= 0, got -1"),
     ({"iterations": 0}, "iterations: must be an integer >= 1, got 0"),
     ({"lr": 0.0}, "lr: must be a finite number > 0 (or None), got 0.0"),
     ({"init": "zeros"}, "init: must be one of 'content', 'style', 'noise', got 'zeros'"),
@@ -245,6 +250,77 @@ def test_bad_inputs_are_render_errors(vgg, tmp_path):
         vgg(_image(0), params(), styles=[_stripes(), _stripes()])
     with pytest.raises(RenderError, match="expected a uint8 RGB image"):
         vgg(_image(0).astype(np.float32), params(), styles=[_stripes()])
+
+
+# ----------------------------------------------------------------------------- Gatys options, L-BFGS-B, snapshots
+
+
+def test_gatys_gram_loss_is_the_papers_formula():
+    torch.manual_seed(0)
+    f, a = torch.randn(1, 6, 5, 7), torch.randn(1, 6, 4, 3)  # generated / style features, different sizes
+    n, m_f, m_a = 6, 5 * 7, 4 * 3
+    raw_g = f.reshape(n, m_f) @ f.reshape(n, m_f).T                   # Gatys' G = F F^T, no normalisation
+    raw_a = a.reshape(n, m_a) @ a.reshape(n, m_a).T
+    # E = 1/(4 N^2 M^2) sum (G - A)^2, each Gram taken over its own M positions
+    paper = ((raw_g / m_f - raw_a / m_a) ** 2).sum() / (4 * n**2)
+    assert float(gram_loss(gram_matrix(f), gram_matrix(a), "gatys")) == pytest.approx(float(paper), rel=1e-5)
+    chw = gram_loss(gram_matrix(f), gram_matrix(a), "chw")
+    assert float(gram_loss(gram_matrix(f), gram_matrix(a), "gatys")) == pytest.approx(float(chw) * n**2 / 4, rel=1e-5)
+
+
+def test_gatys_norm_weighs_each_layer_by_its_channels_squared(vgg):
+    content, style = _image(0), _stripes()
+    one = {"style_weight": 1.0, "content_layer": "conv1_1", "style_layers": ["conv1_1", "conv2_1"]}
+    terms = {}
+    for norm in ("chw", "gatys"):
+        p = params(gram_norm=norm, **one)
+        setup = vgg.setup(p)
+        targets = vgg.targets(resize_max(content, 40), [style], p, (32, 40), setup)
+        with torch.no_grad():
+            terms[norm] = vgg.objective([targets], p, setup)(targets.content_image, [0])["style"]
+        per_layer = [gram_loss(gram_matrix(vgg.backbone(targets.content_image, [layer])[layer]),
+                               targets.grams[layer], "chw") for layer in one["style_layers"]]
+    expected = (64**2 / 4 * per_layer[0] + 128**2 / 4 * per_layer[1]) / 2  # conv1_1: 64 channels, conv2_1: 128
+    assert float(terms["gatys"]) == pytest.approx(float(expected), rel=1e-4)
+    assert float(terms["chw"]) == pytest.approx(float(sum(per_layer) / 2), rel=1e-4)
+    assert vgg.setup(StyleParams(style=["a"], gram_norm="gatys")).style_weight == DEFAULT_STYLE_WEIGHT_GATYS["vgg19"]
+    assert set(DEFAULT_STYLE_WEIGHT_GATYS) == set(DEFAULT_STYLE_WEIGHT)
+
+
+def test_average_pooling_is_a_second_cached_vgg19(vgg):
+    avg = vgg.network("avg")
+    assert avg is vgg.network("avg") and avg is not vgg.backbone and vgg.network("max") is vgg.backbone
+    pools = {type(m).__name__ for m in avg.modules() if "Pool" in type(m).__name__}
+    assert pools == {"AvgPool2d"}
+    same = {k: v for k, v in vgg.backbone.state_dict().items()}
+    assert all(torch.equal(v, same[k]) for k, v in avg.state_dict().items())  # same weights, other pooling
+    kw = dict(iterations=6, **SHALLOW)
+    a = vgg(_image(8), params(pooling="avg", **kw), styles=[_stripes()])
+    b = vgg(_image(8), params(**kw), styles=[_stripes()])
+    assert a.info["pooling"] == "avg" and not np.array_equal(a.image, b.image)
+
+
+def test_average_pooling_needs_vgg19():
+    st = StyleTransfer("efficientnet_lite0", weights="none")
+    with pytest.raises(RenderError, match="^pooling: 'avg' needs the vgg19 backbone"):
+        st(_image(0), params(pooling="avg"), styles=[_stripes()])
+
+
+def test_lbfgsb_descends_within_the_exact_budget(vgg):
+    out = vgg(_image(9), params(optimizer="lbfgsb", iterations=12, init="noise", **SHALLOW), styles=[_stripes()])
+    history = out.info["history"]
+    assert out.iterations == 12 == len(history)  # no line-search overshoot: the budget is exact
+    assert out.losses["total"] == pytest.approx(min(history), rel=1e-4)  # the best evaluated image is returned
+    assert out.losses["total"] < 0.5 * history[0]
+
+
+def test_snapshots_record_frames_at_the_output_size(vgg):
+    content = _image(10, h=40, w=48)
+    out = vgg(content, params(size=48, scales=2, iterations=6, snapshot_every=4, **SHALLOW), styles=[_stripes()])
+    assert len(out.frames) == out.iterations // 4 + 1  # every 4th evaluation over both scales, then the result
+    assert all(f.shape == out.image.shape and f.dtype == np.uint8 for f in out.frames)
+    assert np.array_equal(out.frames[-1], out.image) and not np.array_equal(out.frames[0], out.image)
+    assert vgg(content, params(size=48, iterations=3, **SHALLOW), styles=[_stripes()]).frames == []
 
 
 # ----------------------------------------------------------------------------- real network

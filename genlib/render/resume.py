@@ -1,0 +1,87 @@
+"""What a run must render: its requests minus those already done (Ray-free).
+
+    requests -> renderer_id per kind (genlib.render.identity), added to every row
+             -> the manifest's DONE_COLUMNS only, latest row per request
+             -> candidates: latest row ok, same params_hash and renderer_id, output in the
+                listing of images/<kind>/ (one listing per kind, not one stat per row)
+             -> input unchanged? its fingerprint (size:mtime_ns, genlib.render.io) equals the
+                row's: trust the row's input_sha256; otherwise read and hash it now
+             -> Plan(todo, skipped)
+
+Rows written before renderer_id / input_fingerprint existed (null) cannot show they
+were made by the same renderer: they are rendered once more, then carry both.
+Inputs whose fingerprint changed (edited, or only touched/copied) are hashed in the
+driver: a rerun reads only the inputs that look changed, never all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from genlib.render import io as rio
+from genlib.render.identity import renderer_id
+from genlib.render.manifest import DONE_COLUMNS, done_rows, latest_rows, list_outputs, read_table
+
+
+@dataclass
+class Plan:
+    todo: list[dict[str, Any]]       # request rows to render, each with its kind's renderer_id added
+    skipped: list[dict[str, Any]]    # request rows already done (as given)
+    renderer_ids: dict[str, str | None] = field(default_factory=dict)
+
+
+def plan_run(requests: list[dict[str, Any]], config: Any) -> Plan:
+    """Split ``requests`` into what to render and what is done (``config``: a RenderConfig)."""
+    kinds = {r["kind"] for r in requests}
+    ids = renderer_ids(config, kinds)
+    latest = None if config.force else latest_rows(read_table(config.output, DONE_COLUMNS))
+    same: set[str] = set()
+    if latest is not None and len(latest):
+        same = inputs_unchanged(done_rows(requests, latest, list_outputs(config.output, kinds), ids))
+    todo = [{**r, "renderer_id": ids.get(r["kind"])} for r in requests if r["request_id"] not in same]
+    return Plan(todo, [r for r in requests if r["request_id"] in same], ids)
+
+
+def renderer_ids(config: Any, kinds: set[str]) -> dict[str, str | None]:
+    """kind -> renderer_id; None when a file its section names is unusable now (its rows then
+    render, and fail with the renderer's own message)."""
+    out: dict[str, str | None] = {}
+    for name in sorted(kinds):
+        try:
+            out[name] = renderer_id(config, name)
+        except Exception:  # any broken setting: never "done", the render reports it per row
+            out[name] = None
+    return out
+
+
+def inputs_unchanged(candidates: pa.Table) -> set[str]:
+    """Request ids (of :func:`~genlib.render.manifest.done_rows`) whose input bytes are the
+    ones their manifest row was rendered from."""
+    inputs = pc.unique(candidates["input"]).to_pylist()
+    prints = rio.fingerprints(inputs)
+    now = pa.table({"input": pa.array(inputs, pa.string()),
+                    "fingerprint_now": pa.array([prints.get(u) for u in inputs], pa.string())})
+    t = candidates.join(now, "input", join_type="left outer")
+    # kinds whose input is not a file (Kind.input == "uri") have no input_sha256: nothing to compare
+    quick = pc.or_kleene(pc.is_null(t["input_sha256"]), pc.equal(t["input_fingerprint"], t["fingerprint_now"]))
+    same_mask = pc.fill_null(quick, False)
+    same = set(t.filter(same_mask)["request_id"].to_pylist())
+    hashes: dict[str, str | None] = {}
+    for row in t.filter(pc.invert(same_mask)).select(["request_id", "input", "input_sha256"]).to_pylist():
+        if _sha256(row["input"], hashes) == row["input_sha256"]:  # touched or copied, same bytes
+            same.add(row["request_id"])
+    return same
+
+
+def _sha256(uri: str, cache: dict[str, str | None]) -> str | None:
+    if uri not in cache:
+        try:
+            cache[uri] = hashlib.sha256(rio.read_bytes(uri)).hexdigest()
+        except Exception:  # unreadable now: not "unchanged"; rendering it reports why
+            cache[uri] = None
+    return cache[uri]

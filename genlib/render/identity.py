@@ -14,10 +14,20 @@ fields gives its renderer class a ``identity(settings) -> str`` classmethod.
 
 The driver computes it once per kind and run and sends it with each row; the
 manifest stores it, and a row made by another renderer is not "done".
+
+Two things a row itself may name take part as well:
+
+- a ``checkpoint`` in the row's params (e.g. ``pixel_complete``): :func:`row_renderer_id`
+  extends the kind's id with that checkpoint's identity, so a newer checkpoint in the
+  same run folder makes the row render again;
+- the input of a kind that takes a URI (``Kind.input == "uri"``: a run or checkpoint
+  folder, e.g. ``explore``): :func:`input_identity` is the identity of the checkpoint it
+  resolves to, recorded as the row's ``input_sha256`` and compared on rerun.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -40,6 +50,37 @@ def renderer_id(config: Any, kind: str) -> str:
     files = own(settings) if callable(own) else _files(settings)
     blob = json.dumps([kind, to_dict(settings), files], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def row_renderer_id(base: str | None, kind: str, params: str, cache: dict[str, str | None]) -> str | None:
+    """``base`` (the kind's renderer_id) extended by the checkpoint the row's own params name;
+    None when that checkpoint is unusable now (never "done": rendering reports why)."""
+    if base is None:
+        return None
+    checkpoint = json.loads(params).get("checkpoint") if "checkpoint" in _fields(kind) else None
+    if not checkpoint:
+        return base
+    if checkpoint not in cache:
+        try:
+            cache[checkpoint] = _checkpoint(checkpoint)
+        except Exception:  # unusable now: the row renders and fails with the renderer's message
+            cache[checkpoint] = None
+    if cache[checkpoint] is None:
+        return None
+    return hashlib.sha256(json.dumps([base, cache[checkpoint]]).encode()).hexdigest()[:16]
+
+
+def input_identity(uri: str) -> str | None:
+    """Identity of a run/checkpoint folder given as a row's input: its resolved checkpoint's
+    sha256 (None when it resolves to nothing usable)."""
+    try:
+        return _checkpoint(uri)
+    except Exception:  # no complete checkpoint there (now): not "unchanged"
+        return None
+
+
+def _fields(kind: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(kind_of(kind).params)}
 
 
 def _files(settings: Any) -> dict[str, str]:

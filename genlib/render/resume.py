@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from genlib.render import io as rio
-from genlib.render.identity import renderer_id
+from genlib.render.identity import input_identity, renderer_id, row_renderer_id
+from genlib.render.kinds import kind as kind_of
 from genlib.render.manifest import DONE_COLUMNS, done_rows, latest_rows, list_outputs, read_table
 
 
@@ -39,11 +40,17 @@ def plan_run(requests: list[dict[str, Any]], config: Any) -> Plan:
     """Split ``requests`` into what to render and what is done (``config``: a RenderConfig)."""
     kinds = {r["kind"] for r in requests}
     ids = renderer_ids(config, kinds)
+    cache: dict[str, str | None] = {}
+    rows = [{**r, "renderer_id": row_renderer_id(ids.get(r["kind"]), r["kind"], r["params"], cache)}
+            for r in requests]
     latest = None if config.force else latest_rows(read_table(config.output, DONE_COLUMNS))
     same: set[str] = set()
     if latest is not None and len(latest):
-        same = inputs_unchanged(done_rows(requests, latest, list_outputs(config.output, kinds), ids))
-    todo = [{**r, "renderer_id": ids.get(r["kind"])} for r in requests if r["request_id"] not in same]
+        uri_kinds = {k for k in kinds if kind_of(k).input == "uri"}
+        known = [r for r in rows if r["renderer_id"] is not None]  # unusable settings now: never "done"
+        same = inputs_unchanged(done_rows(known, latest, list_outputs(config.output, kinds)),
+                                {r["request_id"] for r in known if r["kind"] in uri_kinds})
+    todo = [r for r in rows if r["request_id"] not in same]
     return Plan(todo, [r for r in requests if r["request_id"] in same], ids)
 
 
@@ -59,18 +66,21 @@ def renderer_ids(config: Any, kinds: set[str]) -> dict[str, str | None]:
     return out
 
 
-def inputs_unchanged(candidates: pa.Table) -> set[str]:
-    """Request ids (of :func:`~genlib.render.manifest.done_rows`) whose input bytes are the
-    ones their manifest row was rendered from."""
-    inputs = pc.unique(candidates["input"]).to_pylist()
+def inputs_unchanged(candidates: pa.Table, uri_inputs: set[str] = frozenset()) -> set[str]:
+    """Request ids (of :func:`~genlib.render.manifest.done_rows`) whose input is the one their
+    manifest row was rendered from. ``uri_inputs``: request ids of kinds whose input is a
+    run/checkpoint folder, compared by :func:`~genlib.render.identity.input_identity`."""
+    by_uri = pc.is_in(candidates["request_id"], value_set=pa.array(sorted(uri_inputs), pa.string()))
+    same = {row["request_id"] for row in candidates.filter(by_uri).select(["request_id", "input", "input_sha256"])
+            .to_pylist() if row["input_sha256"] is not None and input_identity(row["input"]) == row["input_sha256"]}
+    files = candidates.filter(pc.invert(by_uri))
+    inputs = pc.unique(files["input"]).to_pylist()
     prints = rio.fingerprints(inputs)
     now = pa.table({"input": pa.array(inputs, pa.string()),
                     "fingerprint_now": pa.array([prints.get(u) for u in inputs], pa.string())})
-    t = candidates.join(now, "input", join_type="left outer")
-    # kinds whose input is not a file (Kind.input == "uri") have no input_sha256: nothing to compare
-    quick = pc.or_kleene(pc.is_null(t["input_sha256"]), pc.equal(t["input_fingerprint"], t["fingerprint_now"]))
-    same_mask = pc.fill_null(quick, False)
-    same = set(t.filter(same_mask)["request_id"].to_pylist())
+    t = files.join(now, "input", join_type="left outer")
+    same_mask = pc.fill_null(pc.equal(t["input_fingerprint"], t["fingerprint_now"]), False)
+    same |= set(t.filter(same_mask)["request_id"].to_pylist())
     hashes: dict[str, str | None] = {}
     for row in t.filter(pc.invert(same_mask)).select(["request_id", "input", "input_sha256"]).to_pylist():
         if _sha256(row["input"], hashes) == row["input_sha256"]:  # touched or copied, same bytes

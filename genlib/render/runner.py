@@ -44,7 +44,7 @@ from genlib.render import io as rio
 from genlib.render.attempts import AttemptLog, RunStopped
 from genlib.render.base import RenderError, RenderOutput
 from genlib.render.config import RenderConfig
-from genlib.render.identity import renderer_id
+from genlib.render.identity import input_identity, renderer_id
 from genlib.render.kinds import Renderer, kind as kind_of
 from genlib.render.limits import row_budget
 from genlib.render.manifest import companion, output_path
@@ -170,6 +170,7 @@ class RenderRunner:
         image = None
         if spec.input == "uri":
             source: Any = row["input"]
+            out["input_sha256"] = input_identity(row["input"])  # the checkpoint it resolves to now
         else:
             out["input_fingerprint"] = rio.fingerprints([row["input"]]).get(row["input"])  # before the read
             image, out["input_sha256"] = rio.load_image(row["input"])

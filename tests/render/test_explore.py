@@ -227,3 +227,25 @@ def test_an_explore_row_takes_the_run_folder_as_its_input(runs, tmp_path):
     # from the CLI (--kind explore --input RUN): the run folder is the input, not a folder of images
     (built,) = requests_from_inputs("explore", [str(runs["vae"])])
     assert built["input"] == str(runs["vae"]) and built["kind"] == "explore"
+
+
+def test_a_newer_checkpoint_in_the_input_run_renders_the_row_again(runs, tmp_path):
+    """The run folder is the input: its resolved checkpoint is the input's identity."""
+    import shutil
+
+    from genlib.render.manifest import write_manifest_part
+    from genlib.render.resume import plan_run
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["vae"], run)
+    config = from_dict(RenderConfig, {"output": str(tmp_path / "out")})
+    requests = normalise_requests([{"request_id": "g", "kind": "explore", "input": str(run),
+                                    "params": {"mode": "grid", "steps": 3}}])
+    (row,) = RenderRunner(config).render_rows(plan_run(requests, config).todo)
+    assert row["status"] == "ok" and row["input_sha256"].startswith("sha256:")
+    write_manifest_part(config.output, [row], "r1")
+    assert plan_run(requests, config).todo == []
+    torch.manual_seed(1)
+    newer = train_and_save(VAE(VAEConfig(image_size=S, latent_dim=2, nf=8)), tmp_path / "other", "vae", steps=4)
+    shutil.copytree(newer / "checkpoint_000001", run / "checkpoint_000002")  # training wrote a newer one
+    assert [r["request_id"] for r in plan_run(requests, config).todo] == ["g"]

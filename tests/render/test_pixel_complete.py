@@ -224,3 +224,31 @@ def test_a_request_row_renders_through_the_runner(run, tmp_path):
     assert set(json.loads(ok["losses"])) == {"nll_given", "nll_hidden_input", "nll_samples"}
     assert ok["weights_id"].startswith("pixelrnn:") and ok["weights_id"].endswith("@test-corpus")
     assert bad["status"] == "failed" and "PixelCompleteParams.samples: must be an integer >= 1" in bad["error"]
+
+
+def test_a_newer_checkpoint_named_in_the_params_renders_the_row_again(run, tmp_path):
+    """params.checkpoint takes part in the row's renderer identity."""
+    import shutil
+
+    from genlib.render.config import RenderConfig
+    from genlib.render.manifest import write_manifest_part
+    from genlib.render.resume import plan_run
+
+    own = tmp_path / "run"
+    shutil.copytree(run, own)
+    Image.fromarray(sprite()).save(tmp_path / "s.png")
+    config = RenderConfig(output=str(tmp_path / "out"))
+    requests = normalise_requests([{"request_id": "p", "kind": "pixel_complete", "input": str(tmp_path / "s.png"),
+                                    "params": {"checkpoint": str(own), "samples": 1}}])
+    (row,) = RenderRunner(config).render_rows(plan_run(requests, config).todo)
+    assert row["status"] == "ok", row.get("error")
+    write_manifest_part(config.output, [row], "r1")
+    assert plan_run(requests, config).todo == []
+    newer = own / "checkpoint_000002"
+    shutil.copytree(own / "checkpoint_000001", newer)
+    state = newer / "state.pt"
+    data = torch.load(state, weights_only=True)
+    data["step"] = 61
+    torch.save(data, state)  # a different state.pt (format 1: no marker -> hashed)
+    (newer / "state.json").unlink()
+    assert [r["request_id"] for r in plan_run(requests, config).todo] == ["p"]

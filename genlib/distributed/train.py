@@ -58,6 +58,7 @@ from genlib.config import ConfigError, from_dict, to_dict
 from genlib.data.corpus import Corpus, open_corpus
 from genlib.data.loader import batches_per_worker, make_loader
 from genlib.distributed.runtime import ray_session
+from genlib.eval.run import EvalConfig, evaluate_run
 from genlib.models.base import Family, unwrap
 from genlib.models.registry import build_family, resolve_model_config, spec
 from genlib.storage import Storage, absolute, join
@@ -70,7 +71,11 @@ FAIL_MARKER = ".fail_at_step.done"
 RANKS = "ranks"                         # per-rank records: ranks/rank-000.json, ...
 PHASES = ("data", "compute", "allreduce", "report")
 IMAGE_COUNT_KEYS = ("n_images", "num_images")  # Family.evaluate's image count (DCGAN/VAE, PixelRNN)
-PROGRESS_KEYS = ("loss", "loss_d", "loss_g", "nelbo", "bits_per_dim", "val_bits_per_dim", "images_per_s")
+PROGRESS_KEYS = ("loss", "loss_d", "loss_g", "nelbo", "bits_per_dim", "val_bits_per_dim", "q_fd", "q_kid",
+                 "q_bits_per_dim", "images_per_s")
+# genlib eval keys copied into metrics.csv as q_<key> at eval_every steps (the full record is in eval/)
+QUALITY_KEYS = ("fd", "kid", "precision", "recall", "elbo_nats", "iwae_nats", "nll_nats", "bits_per_dim",
+                "baseline_unigram_bpd")
 
 
 @dataclass
@@ -491,10 +496,13 @@ class _Loop:
         checkpoint = step % cfg.checkpoint_every == 0 or last
         return {"log": step % cfg.log_every == 0 or last, "checkpoint": checkpoint,
                 "sample": step % cfg.sample_every == 0 or last,
-                # Evaluation point: at checkpoints (TrainConfig.eval_every is to be wired in here).
-                "evaluate": checkpoint and cfg.eval_batches > 0}
+                "evaluate": checkpoint and cfg.eval_batches > 0,  # validation loss: every rank, collective
+                # genlib eval on rank 0, only at checkpoints: the other ranks wait in ray.train.report
+                # (a Ray barrier), not in a torch collective whose timeout a long evaluation could hit
+                "quality": checkpoint and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last)}
 
-    def report(self, step: int, log: bool, checkpoint: bool, sample: bool, evaluate: bool) -> None:
+    def report(self, step: int, log: bool, checkpoint: bool, sample: bool, evaluate: bool,
+               quality: bool = False) -> None:
         """Log metrics (all ranks take part in the all-reduce; rank 0 writes), evaluate on
         every rank, and at checkpoint steps only, call ``ray.train.report`` on every rank.
         Ray Train V2 collects reports every ~2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so
@@ -505,6 +513,8 @@ class _Loop:
         if self.rank == 0:
             if sample:
                 self.run_dir.save_samples(self._samples(), step)
+            if quality:
+                row.update(self._quality(step))
             self.run_dir.log(row)
         if checkpoint:
             self._checkpoint(step, row)
@@ -558,6 +568,14 @@ class _Loop:
         sums = torch.tensor([metrics[k] * n for k in keys] + [n], dtype=torch.float64, device=self.device)
         self._all_reduce(sums)
         return {**{k: v / sums[-1].item() for k, v in zip(keys, sums[:-1].tolist())}, name: sums[-1].item()}
+
+    def _quality(self, step: int) -> dict[str, float]:
+        """``genlib eval`` of the in-memory weights on rank 0 (records eval/step_*.json). It uses
+        the unwrapped networks in eval mode and a frozen feature network, so it issues no
+        collective; it runs at checkpoint steps, while the other ranks wait in ray.train.report."""
+        config = EvalConfig(samples=self.cfg.eval_samples, progress=False, batch_size=self.cfg.per_worker_batch)
+        record = evaluate_run(self.run_dir, family=self.family, step=step, config=config)
+        return {f"q_{k}": float(record[k]) for k in QUALITY_KEYS if isinstance(record.get(k), (int, float))}
 
     def _all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> None:
         if self.world > 1:

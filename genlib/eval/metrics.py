@@ -30,6 +30,10 @@ from torch import Tensor, nn
 
 PSNR_CAP = 100.0  # dB for identical pixels (the MSE is 0): JSON has no infinity
 CDIST_ROWS = 1024  # rows of a distance block: bounds memory at CDIST_ROWS x N floats
+# torchmetrics gathers a metric's state from every process of an initialised torch.distributed
+# group on compute() (a barrier + all-gather). genlib measures on one rank with its own data:
+# a collective there would hang the other ranks (rank 0 of a DDP run calls genlib eval alone).
+LOCAL_ONLY = {"sync_on_compute": False, "distributed_available_fn": lambda: False}
 
 
 class _Given(nn.Module):
@@ -57,7 +61,7 @@ def frechet_distance(real: Tensor, fake: Tensor) -> float:
     from torchmetrics.image.fid import FrechetInceptionDistance  # heavy import (~5 s): only when measuring
 
     _check(real, fake, 2, "Frechet distance")
-    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]))
+    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]), **LOCAL_ONLY)
     metric.update(real.double().cpu(), real=True)
     metric.update(fake.double().cpu(), real=False)
     return float(metric.compute())
@@ -72,7 +76,8 @@ def kernel_distance(real: Tensor, fake: Tensor, subsets: int = 100, subset_size:
     size = kid_subset(subset_size, len(real), len(fake))
     with warnings.catch_warnings():  # "will save all extracted features": that is the point
         warnings.simplefilter("ignore", UserWarning)
-        metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=subsets, subset_size=size)
+        metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=subsets, subset_size=size,
+                                          **LOCAL_ONLY)
     metric.update(real.double().cpu(), real=True)
     metric.update(fake.double().cpu(), real=False)
     with torch.random.fork_rng(devices=[]):  # its subsets come from torch's global RNG

@@ -38,6 +38,13 @@ class TrainConfig:
     eval_batches: int = 4
     """Validation batches per rank per evaluation (at each checkpoint; every rank evaluates its
     own share, the same number of batches); 0 disables evaluation."""
+    eval_every: int = 0
+    """Measure quality with ``genlib eval`` (DCGAN: FD/KID/precision/recall; VAE: IWAE bound;
+    PixelRNN: bits/dim with baselines) on rank 0 every N steps and at the last step, into
+    ``eval.json``, ``eval/step_*.json``, metrics.csv (``q_*`` columns) and report.html; 0 = off.
+    A multiple of ``checkpoint_every``: it runs at checkpoints, while the other ranks wait."""
+    eval_samples: int = 256
+    """Images generated and compared (held-out images evaluated) per ``eval_every`` evaluation."""
     seed: int = 0
     amp: Literal["none", "bf16", "fp16"] = "none"
     """Mixed precision autocast on GPU (ignored on CPU)."""
@@ -66,9 +73,13 @@ class TrainConfig:
             check.integer(name, low=1)
         check.require("batch_size", self.batch_size % self.num_workers == 0,
                       f"must be divisible by num_workers = {self.num_workers}")
-        for name in ("loader_workers", "eval_batches", "max_failures", "fail_at_step"):
+        check.integer("eval_samples", low=2)
+        for name in ("loader_workers", "eval_batches", "eval_every", "max_failures", "fail_at_step"):
             check.integer(name, low=0)
         check.integer("collective_timeout_s", low=1)
+        check.require("eval_every", self.eval_every % self.checkpoint_every == 0,
+                      f"must be a multiple of checkpoint_every = {self.checkpoint_every} (evaluation runs at "
+                      f"checkpoints, while the other ranks wait)")
         check.number("cpus_per_worker", above=0)
         check.require("model", isinstance(self.model, dict) and "family" in self.model,
                       "must be a table with a 'family' key (dcgan, vae or pixelrnn)")

@@ -73,11 +73,18 @@ def test_worker_failure_and_explicit_resume_match_an_uninterrupted_run(faces_cor
     assert straight.step == 12
 
     # Rank 0 dies hard at step 6; Ray Train restarts the group from the step-4 checkpoint.
-    crashed = run_training(dcgan_cfg(faces_corpus, tmp_path, name="crashed", fail_at_step=6, max_failures=1))
+    # Its rank 0 also runs genlib eval every 4 steps: that must not change the training either.
+    crashed = run_training(dcgan_cfg(faces_corpus, tmp_path, name="crashed", fail_at_step=6, max_failures=1,
+                                     eval_every=4, eval_samples=4))
     assert (Path(crashed.run_dir) / FAIL_MARKER).read_text() == "6"
     assert crashed.step == 12
-    steps = [int(r["step"]) for r in metric_rows(crashed.run_dir)]
-    assert steps == [2, 4, 6, 8, 10, 12]          # no repeated, no skipped steps in the log
+    rows = metric_rows(crashed.run_dir)
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12]  # no repeated, no skipped steps in the log
+    assert [r["step"] for r in rows if r.get("q_fd")] == ["4", "8", "12"]
+    assert sorted(p.name for p in (Path(crashed.run_dir) / "eval").glob("step_*.json")) == [
+        "step_000004.json", "step_000008.json", "step_000012.json"]
+    record = json.loads((Path(crashed.run_dir) / "eval.json").read_text())
+    assert record["step"] == 12 and record["n_fake"] == 4 and record["fd"] == pytest.approx(float(rows[-1]["q_fd"]))
     assert_same_weights(final_state(crashed), final_state(straight))
 
     # A run stopped at step 8, continued with --resume to step 12.
@@ -137,13 +144,14 @@ def test_evaluation_is_collective_safe_when_batchnorm_syncs(faces_corpus, tmp_pa
     Also checks the per-rank records: phase timing, BatchNorm kind, disjoint shards."""
     cfg = dcgan_cfg(faces_corpus, tmp_path, name="syncbn", num_workers=2, cpus_per_worker=0.5, steps=6,
                     checkpoint_every=2, sample_every=3, eval_batches=2, sync_bn_standin=True,
-                    collective_timeout_s=60, max_failures=0)
+                    collective_timeout_s=60, max_failures=0, eval_every=6, eval_samples=4)
     outcome = run_training(cfg)
     assert outcome.step == 6
     rows = metric_rows(outcome.run_dir)
     assert [r["step"] for r in rows if r["val_loss_d"]] == ["2", "4", "6"]  # evaluated at every checkpoint
     assert all(0 < float(r["val_d_real"]) < 1 for r in rows if r["val_loss_d"])
     assert (Path(outcome.run_dir) / "samples" / "step_000006.png").is_file()  # sampling: rank 0, eval mode
+    assert [r["step"] for r in rows if r.get("q_fd")] == ["6"]  # genlib eval on rank 0, the other waits
     for r in rows:  # phase columns: per-step seconds averaged over ranks
         assert float(r["time_compute_s"]) > 0 and float(r["time_allreduce_s"]) > 0
         assert float(r["time_data_s"]) >= 0 and float(r["time_report_s"]) >= 0

@@ -121,3 +121,25 @@ def test_mean_fill_paints_the_known_mean():
     known[6:, 6:] = False
     expected = np.round(image[known].astype(float).mean(0)).astype(np.uint8)
     assert np.array_equal(mean_fill(image, known)[7, 7], expected)
+
+
+def test_metrics_issue_no_collective_inside_a_process_group(monkeypatch, tmp_path):
+    """Rank 0 of a DDP run measures alone: torchmetrics must not gather across the group
+    (it would wait for ranks that never call it)."""
+    import torch.distributed as dist
+
+    from genlib.eval.metrics import frechet_distance, kernel_distance
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        def refuse(*args, **kwargs):
+            raise AssertionError("a collective was called")
+
+        for name in ("barrier", "all_gather", "all_gather_object", "all_reduce", "broadcast"):
+            monkeypatch.setattr(dist, name, refuse)
+        gen = torch.Generator().manual_seed(0)
+        real, fake = torch.randn(40, 8, generator=gen), torch.randn(40, 8, generator=gen) + 1
+        assert frechet_distance(real, fake) > 1
+        assert kernel_distance(real, fake, subsets=5, subset_size=10)[0] > 0
+    finally:
+        dist.destroy_process_group()

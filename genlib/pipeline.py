@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from genlib.config import Fields, from_dict
+from genlib.config import ConfigError, Fields, from_dict
 from genlib.data.build import build_corpus
 from genlib.data.corpus import open_corpus
 from genlib.data.recipe import CorpusRecipe
@@ -33,7 +33,7 @@ from genlib.render.manifest import read_manifest
 from genlib.render.requests import normalise_requests
 from genlib.storage import Storage
 from genlib.train.config import TrainConfig
-from genlib.train.rundir import read_metrics
+from genlib.train.rundir import RunDir, read_metrics
 
 
 @dataclass
@@ -57,6 +57,8 @@ class PipelineConfig:
     styles: int = 4
     dreams: int = 4
     style_iterations: int = 60
+    eval_samples: int = 256
+    """Images per FD/KID evaluation at each checkpoint (capped by the held-out split's size)."""
     backbone: str = "efficientnet_lite0"
     """Feature network for style/DeepDream (vgg19 / inception_v3 need their torchvision weights cached)."""
     seed: int = 0
@@ -64,6 +66,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         check = Fields(self)
         check.text("workdir")
+        check.integer("eval_samples", low=2)
         for name in ("count", "train_workers", "batch_size", "render_actors", "style_iterations"):
             check.integer(name, low=1)
         for name in ("steps", "completions", "styles", "dreams", "seed"):
@@ -108,11 +111,18 @@ def _stage_train(cfg: PipelineConfig, work: Path, corpus: Path) -> TrainOutcome:
         "corpus": str(corpus), "storage_path": str(work / "runs"), "name": "dcgan", "steps": cfg.steps,
         "batch_size": cfg.batch_size, "num_workers": cfg.train_workers, "cpus_per_worker": 1.0 / cfg.train_workers,
         "loader_workers": 0, "log_every": 10, "checkpoint_every": every, "sample_every": every, "seed": cfg.seed,
+        "eval_every": every, "eval_samples": cfg.eval_samples,  # FD/KID at every checkpoint, on held-out faces
         "model": {"family": "dcgan", "ngf": 16, "ndf": 16, "lr": cfg.lr}})
     resume = str(work / "runs" / "dcgan") if Storage(work / "runs" / "dcgan").exists() else None
     print(f"[3/4] training a DCGAN to step {cfg.steps} with {cfg.train_workers} worker(s)"
           f"{' (resuming)' if resume else ''}")
-    return run_training(train, resume=resume)
+    try:
+        return run_training(train, resume=resume)
+    except ConfigError as exc:
+        if "--force-corpus" not in str(exc):
+            raise
+        raise ConfigError(f"{work} holds a DCGAN trained on another corpus (different input or --count): "
+                          f"run `genlib demo --force` to start over, or pick another --workdir") from None
 
 
 def _stage_render(cfg: PipelineConfig, work: Path, corpus: Path, run: TrainOutcome):
@@ -157,7 +167,7 @@ def write_site(work: Path, corpus: Path, run_dir: Path, renders: Path) -> Path:
     samples = sorted((run_dir / "samples").glob("step_*.png"))
     rows = sorted(read_manifest(str(renders)).values(), key=lambda r: (r["kind"], r["request_id"]))
     last = (read_metrics(run_dir) or [{}])[-1]
-    page = _SITE.format(
+    page = _SITE.format(quality=_quality(RunDir(run_dir).evals()),
         corpus_preview=rel(corpus / "preview.png"), corpus_info=html.escape(manifest),
         plots="".join(f'<img src="{rel(p)}" alt="{html.escape(p.stem)} curve">' for p in plots),
         samples=(f'<img class="px" src="{rel(samples[-1])}" alt="samples at {samples[-1].stem}">' if samples else ""),
@@ -167,6 +177,24 @@ def write_site(work: Path, corpus: Path, run_dir: Path, renders: Path) -> Path:
     out = work / "report.html"
     out.write_text(page)
     return out
+
+
+def _quality(records: list[dict]) -> str:
+    """The newest eval record's numbers (and the first one's, for contrast), as a small table."""
+    if not records:
+        return "<p>No evaluation yet.</p>"
+    keys = [k for k in ("fd", "kid", "precision", "recall") if isinstance(records[-1].get(k), (int, float))]
+    shown = records if len(records) < 3 else [records[0], records[-1]]
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join(f"<tr><td>step {r['step']}</td>" + "".join(f"<td>{r[k]:.4g}</td>" for k in keys) + "</tr>"
+                   for r in shown if all(isinstance(r.get(k), (int, float)) for k in keys))
+    last = records[-1]
+    net = last.get("feature_net") or {}
+    net = net.get("name", "?") if isinstance(net, dict) else net
+    note = (f"Fr&eacute;chet distance and KID between {last.get('n_fake')} samples and {last.get('n_real')} held-out "
+            f"'{html.escape(str(last.get('split')))}' faces in {html.escape(str(net))} features "
+            f"(lower is better; not comparable with published Inception FIDs); precision/recall: k-NN manifolds.")
+    return f'<table class="q"><tr><th></th>{head}</tr>{body}</table><p class="note">{note}</p>'
 
 
 def _render_cell(r: dict, renders: Path, rel) -> str:
@@ -186,10 +214,12 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width:
 img {{ max-width: 480px; margin: 4px; border: 1px solid #ddd; }} img.px {{ image-rendering: pixelated; }}
 figure {{ display: inline-block; margin: 6px; text-align: center; }} figure img {{ width: 128px; }}
 figure.failed {{ color: #a00; }} code {{ background: #f4f4f4; }}
+table.q {{ border-collapse: collapse; }} table.q td, table.q th {{ padding: 2px 10px; text-align: right; }}
+p.note {{ font-size: 0.85em; color: #555; max-width: 900px; }}
 </style></head><body>
 <h1>genlib demo</h1>
 <h2>1. Corpus</h2><p><code>{corpus_info}</code></p><img class="px" src="{corpus_preview}" alt="corpus preview">
-<h2>2. DCGAN training (step {step})</h2>{plots}<br>{samples}
+<h2>2. DCGAN training (step {step})</h2>{quality}{plots}<br>{samples}
 <p><a href="{run_report}">full training report</a></p>
 <h2>3. Renders ({ok}/{total} ok)</h2><div>{renders}</div>
 <p><a href="{gallery}">render gallery with params and losses</a></p>

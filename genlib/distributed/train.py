@@ -284,7 +284,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # [3] Train, reporting metrics (and rank 0's checkpoint) at the same steps on every rank.
     record = RankRecord(run, rank, world, corpus, step, where_am_i(device, family))
     loop = _Loop(cfg, family, loader, run, rank, world, device, corpus, comm, record)
-    loop.run(step)
+    try:
+        loop.run(step)
+    finally:
+        run.close()  # flush and close this process's TensorBoard event file
 
 
 def _ddp(net: nn.Module, device: torch.device, comm: "CommTimer") -> nn.Module:

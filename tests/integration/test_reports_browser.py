@@ -132,3 +132,11 @@ def test_the_width_check_catches_a_page_that_runs_off_the_screen(tmp_path):
     (tmp_path / "wide.html").write_text("<!doctype html><title>t</title><table><tr><td><pre>"
                                         + "x" * 400 + "</pre></td></tr></table>")
     assert check_page(tmp_path, "wide.html", tmp_path, width=LAPTOP)["scroll_width"] > LAPTOP
+
+
+def test_the_one_page_report_shows_the_dcgans_eval_numbers(site):
+    page = (site / "report.html").read_text()
+    table = page[page.index('<table class="q">'):page.index("</table>")]
+    assert "<th>fd</th><th>kid</th>" in table
+    assert "<td>step 10</td><td>10</td><td>0.1</td>" in table and "<td>step 20</td><td>5</td>" in table
+    assert "not comparable with published Inception FIDs" in page

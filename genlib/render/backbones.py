@@ -375,7 +375,7 @@ def torchvision_state_dict(weights, label: str) -> dict[str, Tensor]:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
+        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as e:
         raise FileNotFoundError(
             f"{label} ImageNet weights not available offline: put {filename} (from {weights.url}) "

@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 from PIL import Image
 
 from genlib.data.corpus import open_corpus
-from genlib.data.process import decode
+from genlib.data.process import IMAGE_FORMATS, decode
 from genlib.render.base import RenderError
 from genlib.render.limits import current_limits
 from genlib.storage import Storage, is_uri
@@ -175,7 +175,7 @@ def _check_pixels(uri: str, data: bytes) -> None:
     """Refuse an image over ``limits.max_pixels`` from its header alone (before decoding it)."""
     cap = current_limits().max_pixels
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:
             width, height = probe.size
     except Exception:  # not an image: decode() below says so with its reason
         return

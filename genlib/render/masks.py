@@ -26,6 +26,7 @@ import math
 import numpy as np
 from PIL import Image
 
+from genlib.data.process import IMAGE_FORMATS
 from genlib.render.base import RenderError
 from genlib.render.io import read_bytes  # RenderError for unreadable paths/URIs
 
@@ -86,17 +87,18 @@ def _random_blocks(h: int, w: int, fraction: float, rng: np.random.Generator) ->
 
 
 def load_mask(uri_or_path: str, size: int | tuple[int, int]) -> np.ndarray:
-    """Read a mask image (any format PIL reads; local path or URI) -> ``bool [H, W]``.
+    """Read a mask image (a format of ``genlib.data.process.IMAGE_FORMATS``; local path or URI)
+    -> ``bool [H, W]``.
 
     Luminance >= 128 is known (white), below is missing (black). ``size`` is the
     size the mask must have (``S`` or ``(H, W)``, normally the input image's):
     any mismatch is a :class:`RenderError` naming both sizes."""
     h, w = _hw(size)
     try:
-        with Image.open(io.BytesIO(read_bytes(uri_or_path))) as img:
+        with Image.open(io.BytesIO(read_bytes(uri_or_path)), formats=IMAGE_FORMATS) as img:
             grey = np.asarray(img.convert("L"))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise RenderError(f"mask {uri_or_path}: cannot decode image: {exc}") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+        raise RenderError(f"mask {uri_or_path}: cannot decode image ({', '.join(IMAGE_FORMATS)} only): {exc}") from None
     if grey.shape != (h, w):
         raise RenderError(f"mask {uri_or_path} is {grey.shape[1]}x{grey.shape[0]} (WxH) "
                           f"but the image is {w}x{h}")

@@ -116,6 +116,10 @@ def test_mask_image_round_trip_and_wrong_size(tmp_path):
         load_mask(str(tmp_path / "m.png"), 32)
     with pytest.raises(RenderError, match="cannot read"):
         load_mask(str(tmp_path / "absent.png"), 32)
+    # a PostScript file named like a mask is never handed to Pillow's EPS plugin (Ghostscript)
+    (tmp_path / "evil.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 30 24\nshowpage\n")
+    with pytest.raises(RenderError, match="cannot decode image .JPEG, PNG, GIF, WEBP, BMP, TIFF only"):
+        load_mask(str(tmp_path / "evil.png"), (24, 30))
 
 
 def test_contextual_weights():

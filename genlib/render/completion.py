@@ -42,7 +42,7 @@ from PIL import Image
 
 from genlib.config import Fields
 from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
-from genlib.render.batching import groups, single
+from genlib.render.batching import render_jobs, single
 from genlib.render.masks import MASK_KINDS, contextual_weights, fit_mask, load_mask, make_mask, mask_image
 from genlib.render.optim import Snapshots, optimize_batch
 from genlib.render.poisson import poisson_blend
@@ -166,18 +166,8 @@ class MaskCompletion:
         """Complete every row; rows with the same batch key search their z together, one
         ``[B, R, nz]`` batch (B rows x R restarts through G and D at once). A failing row
         (bad mask, non-finite loss) is its exception, the others go on."""
-        results: list[RenderOutput | Exception | None] = [None] * len(images)
-        jobs: dict[int, _Completion] = {}
-        for i, (image, params) in enumerate(zip(images, params_list)):
-            try:
-                jobs[i] = self._job(image, params, masks[i] if masks else None)
-            except Exception as exc:
-                results[i] = exc
-        rows = list(jobs)
-        for group in groups(_key(jobs[i].params) for i in rows):
-            for k, result in zip(group, self._render([jobs[rows[k]] for k in group])):
-                results[rows[k]] = result
-        return results
+        items = list(zip(images, params_list, masks or [None] * len(images)))
+        return render_jobs(items, lambda item: self._job(*item), lambda job: _key(job.params), self._render)
 
     def _job(self, image: np.ndarray, params: CompletionParams, mask: np.ndarray | None) -> _Completion:
         """A row checked and prepared: the image and mask at model size, its contextual weights."""

@@ -32,8 +32,9 @@ How a render runs, and how it uses the shared :func:`genlib.render.optim.optimiz
   taps, tile, border, blur and step size dream together, ``x [B, 3, h, w]``: each
   step is one forward/backward for the rows still ascending in the octave. The
   jitter (each row's own seeded :class:`Jitter`), the normalisation, the step
-  count and the ``max_loss`` stop are per row, so a row's dream is the one it
-  gets alone; a row that stopped early waits for the octave's end.
+  count and the ``max_loss`` stop are per row, so a row dreams exactly as alone
+  (up to how batched kernels round, which the ascent amplifies: see
+  :mod:`genlib.render.batching`); a row that stopped early waits for the octave's end.
 - **Jitter and tiles live inside the objective** (:class:`DreamObjective`): each
   evaluation draws (from the seeded generator) a roll of the image by
   ``U[-jitter, jitter]`` pixels plus, when the image spans several tiles, a random
@@ -90,7 +91,7 @@ import torch.nn.functional as F
 from genlib.config import Fields, is_real
 from genlib.render.backbones import load_backbone
 from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
-from genlib.render.batching import groups, single
+from genlib.render.batching import render_jobs, single
 from genlib.render.optim import OptimResult, Snapshots, clamp01, optimize_batch
 
 # Default taps per backbone (tap -> weight).
@@ -416,18 +417,8 @@ class DeepDream:
     def render_many(self, images: Sequence[np.ndarray],
                     params_list: Sequence[DreamParams]) -> list[RenderOutput | Exception]:
         """Dream every row, rows with the same batch key as one batch; a failing row is its exception."""
-        results: list[RenderOutput | Exception | None] = [None] * len(images)
-        jobs: dict[int, _Dream] = {}
-        for i, (image, params) in enumerate(zip(images, params_list)):
-            try:
-                jobs[i] = self._job(image, params)
-            except Exception as exc:
-                results[i] = exc
-        rows = list(jobs)
-        for group in groups(jobs[i].key for i in rows):
-            for k, result in zip(group, self._render([jobs[rows[k]] for k in group])):
-                results[rows[k]] = result
-        return results
+        return render_jobs(list(zip(images, params_list)), lambda item: self._job(*item), lambda job: job.key,
+                           self._render)
 
     def _job(self, image: np.ndarray, params: DreamParams) -> _Dream:
         """A row checked and prepared: taps, octave plan, start image, jitter, snapshots."""
@@ -443,6 +434,8 @@ class DeepDream:
         """Jobs with one batch key: all octaves, then the losses of the uint8 results."""
         first = jobs[0].params  # tile, border, blur, step: what the key makes equal
         grad_sigma = first.blur_sigma if first.blur == "gradient" else 0.0
+        for slot, job in enumerate(jobs):
+            job.slot = slot  # its row in the objective (its jitter) for the whole render
         objective = DreamObjective(self.backbone, jobs[0].layers, first.tile, [job.jitter for job in jobs],
                                    first.border, grad_sigma)
         self._octaves(jobs, objective)
@@ -476,6 +469,8 @@ class DeepDream:
         """Ascend at each octave, smallest first, every row entering it from its own previous dream."""
         for shape in jobs[0].shapes:
             live = [job for job in jobs if job.error is None]
+            if not live:
+                return
             for job in live:
                 job.enter(shape)
             self._ascend(live, objective)
@@ -486,11 +481,10 @@ class DeepDream:
         batched step for the rows still going; a row stops after the step whose objective exceeded
         its ``max_loss``."""
         project = _step_projection(jobs[0].params)
-        slots = {id(job): k for k, job in enumerate(jobs)}
         running, step = list(jobs), 0
         while running:
             step += 1
-            rows = [slots[id(job)] for job in running]  # objective rows: positions in `jobs` (their jitters)
+            rows = [job.slot for job in running]  # the objective's rows (their jitters)
             results = optimize_batch(torch.cat([job.dream for job in running]),
                                      lambda x, sub: objective(x, [rows[k] for k in sub]), method="normalized_gd",
                                      lr=jobs[0].params.step, iterations=1, project=project,
@@ -511,6 +505,7 @@ class _Dream:
     jitter: Jitter
     snaps: Snapshots | None
     key: tuple                           # DeepDream.batch_key
+    slot: int = 0                        # its row in the batch's DreamObjective
     dream: torch.Tensor | None = None    # the current dream [1, 3, h, w] at the current octave
     previous: torch.Tensor | None = None  # the original at the previous octave
     steps: int = 0                       # steps run in the current octave

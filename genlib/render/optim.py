@@ -9,9 +9,10 @@ A *batch* is ``B`` independent problems stacked along dim 0 of ``param [B, ...]`
 running, ``x [b, ...]`` (``b <= B``; ``rows[k]`` is the row of ``x[k]``), and returns
 named per-row tensors ``[b]``, one of them ``"loss"`` (minimised). Rows must not
 interact (frozen networks in eval mode, per-row targets), so the gradient of the
-summed loss w.r.t. ``x[k]`` is row ``rows[k]``'s own gradient, and every row gets
-the result it would get alone (up to the rounding of batched kernels): its own
-budget (``iterations`` per row), stopping, non-finite-loss error and callback.
+summed loss w.r.t. ``x[k]`` is row ``rows[k]``'s own gradient, and every row runs
+exactly the optimisation it would run alone -- its own budget (``iterations`` per
+row), optimiser state, stopping, non-finite-loss error and callback -- so its result
+differs from the unbatched one only by how the objective's batched kernels round.
 Methods:
 
 - ``lbfgs``: L-BFGS with strong-Wolfe line search (Gatys et al.); iterations
@@ -38,7 +39,8 @@ history), so a joint ``[B, ...]`` run would make rows depend on each other; inst
 each row runs its own, unchanged single-image L-BFGS in a thread, and
 :class:`_Lockstep` answers their objective requests together: it waits until every
 row still running has asked for ``f`` and ``grad f`` at its own point, evaluates
-them as one batch, and hands each row its answer. A batch of one is the same code.
+them as one batch, and hands each row its answer (one thread runs at a time, so
+this is a plain loop over the rows in all but name). A batch of one is the same code.
 
 ``project(x)`` (in place, under no_grad, ``x [b, ...]``) runs after every update,
 e.g. clamping pixels to [0, 1] or z to [-1, 1] (``lbfgsb``: once, on the result).
@@ -274,10 +276,13 @@ class _Lockstep:
     """Rows optimised by their own single-image optimisers, one thread each, whose objective
     requests are answered together by the calling thread (module doc).
 
-    A round: every running row has asked (``ask``, blocking its thread) -> one batched
-    evaluation and backward -> each row gets ``(loss, grad)`` or its RenderError. Rows drop
-    out as their optimisers return. If the evaluation raises, every row is stopped
-    (``_Stop``), the threads are joined and the error is raised in the calling thread."""
+    A round: every running row has asked (``_ask`` blocks its thread) -> one batched
+    evaluation and backward -> the rows get their ``(loss, grad)`` (or RenderError) one at a
+    time, each running its optimiser to its next request (or its end) before the next row is
+    answered. So exactly one thread runs at any moment, as in a plain loop: no thread fights
+    another for the GIL or the CPU, and the schedule is deterministic. If the evaluation
+    raises, every row is stopped (``_Stop``), the threads are joined and the error is raised
+    in the calling thread."""
 
     def __init__(self, batch: _Batch) -> None:
         self.batch = batch
@@ -288,19 +293,34 @@ class _Lockstep:
         self.stopped = False
 
     def run(self, solve: Callable[[int, _Evaluate], None]) -> None:
-        self.running = set(range(len(self.batch.rows)))
-        threads = [threading.Thread(target=self._work, args=(j, solve), name=f"genlib-optim-row{j}", daemon=True)
-                   for j in sorted(self.running)]
-        for t in threads:
-            t.start()
+        threads = []
         try:
-            self._serve()
+            for j in range(len(self.batch.rows)):  # each runs to its first request before the next starts
+                threads.append(threading.Thread(target=self._work, args=(j, solve), name=f"genlib-optim-row{j}",
+                                                daemon=True))
+                with self.cond:
+                    self.running.add(j)
+                threads[-1].start()
+                self._wait_for(j)
+            while self.running:
+                with self.cond:
+                    asked, self.asked = self.asked, {}
+                for j, answer in self._evaluate(asked).items():
+                    with self.cond:
+                        self.answers[j] = answer
+                        self.cond.notify_all()
+                    self._wait_for(j)
         finally:
             with self.cond:
                 self.stopped = True
                 self.cond.notify_all()
             for t in threads:
                 t.join()
+
+    def _wait_for(self, j: int) -> None:
+        """Until row ``j`` has asked again or finished."""
+        with self.cond:
+            self.cond.wait_for(lambda: j in self.asked or j not in self.running)
 
     def _work(self, j: int, solve: Callable[[int, _Evaluate], None]) -> None:
         try:
@@ -328,18 +348,6 @@ class _Lockstep:
         if isinstance(answer, Exception):
             raise answer
         return answer
-
-    def _serve(self) -> None:
-        while True:
-            with self.cond:
-                self.cond.wait_for(lambda: len(self.asked) == len(self.running))
-                if not self.running:
-                    return
-                asked, self.asked = self.asked, {}
-            answers = self._evaluate(asked)
-            with self.cond:
-                self.answers.update(answers)
-                self.cond.notify_all()
 
     def _evaluate(self, asked: dict[int, torch.Tensor]) -> dict[int, tuple[float, torch.Tensor] | Exception]:
         rows = sorted(asked)

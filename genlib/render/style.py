@@ -44,7 +44,8 @@ evaluated image inside the box (L-BFGS-B, as Gatys and the Keras example do),
 "lbfgs" clamps between bursts (``optim.clamp01``), "adam" after every step.
 Rows that agree on :meth:`StyleTransfer.batch_key` (scale shapes, optimiser, layers,
 loss weights) are optimised as one batch ``[B, 3, H, W]`` with per-row targets
-(:mod:`genlib.render.batching`); each row's result is the one it gets alone.
+(:mod:`genlib.render.batching`); each row is optimised exactly as alone, its pixels
+differing only by how batched kernels round (amplified over a run: see that module).
 ``pooling = "avg"`` swaps VGG19's max pooling for average pooling (Gatys et al.:
 "slightly more appealing results"); the renderer builds that second backbone on
 first use and keeps it. ``snapshot_every`` records progress frames
@@ -67,7 +68,7 @@ from genlib.config import Fields, is_real
 from genlib.render import io as rio
 from genlib.render.backbones import load_backbone
 from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
-from genlib.render.batching import groups, single
+from genlib.render.batching import render_jobs, single
 from genlib.render.optim import BatchObjective, OptimResult, Snapshots, clamp01, optimize_batch
 
 # Per-backbone default layers: (content layer, style layers).
@@ -376,19 +377,8 @@ class StyleTransfer:
                     styles_list: Sequence[list[np.ndarray] | None] | None = None) -> list[RenderOutput | Exception]:
         """Render every row, rows with the same batch key as one batch; a failing row (unreadable
         style, bad layer, NaN loss) is its exception, the others go on."""
-        results: list[RenderOutput | Exception | None] = [None] * len(contents)
-        jobs: dict[int, _Job] = {}
-        for i, (content, params) in enumerate(zip(contents, params_list)):
-            try:
-                jobs[i] = self._job(content, params, styles_list[i] if styles_list else None)
-            except Exception as exc:
-                results[i] = exc
-        rows = list(jobs)
-        for group in groups(jobs[i].key for i in rows):
-            batch = [jobs[rows[k]] for k in group]
-            for k, result in zip(group, self._render(batch)):
-                results[rows[k]] = result
-        return results
+        items = list(zip(contents, params_list, styles_list or [None] * len(contents)))
+        return render_jobs(items, lambda item: self._job(*item), lambda job: job.key, self._render)
 
     def _job(self, content: np.ndarray, params: StyleParams, styles: list[np.ndarray] | None) -> _Job:
         """A row checked and prepared: setup, content at the output size, styles loaded."""

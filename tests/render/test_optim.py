@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genlib.render.base import RenderError, to_image, to_tensor
-from genlib.render.optim import clamp01, optimize
+from genlib.render.optim import clamp01, optimize, optimize_batch
 
 
 def quadratic(target):
@@ -104,3 +104,102 @@ def test_snapshots_keep_every_nth_evaluation_and_thin_past_the_limit():
     # 1..5 -> over the limit: keep 2, 4 (every 2); then 6, 8, 10 -> over again: keep 4, 8 (every 4)
     assert more.every == 4 and more.frames == [4.0, 8.0]
     assert Snapshots.maybe(0, float) is None
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def _rows_objective(targets: torch.Tensor, calls: list | None = None, nan_row: int | None = None, nan_at: int = 0):
+    """Per-row objective of x [b, n] (rows of ``targets [B, n]``), computed one row at a time so the batch
+    cannot change a single float: what optimize_batch itself does to rows is all that is tested.
+    Row ``nan_row`` returns NaN from its ``nan_at``-th evaluation on; ``calls`` records each call's rows."""
+    seen = [0] * len(targets)
+
+    def objective(x, rows):
+        if calls is not None:
+            calls.append(list(rows))
+        losses, dists = [], []
+        for k, r in enumerate(rows):
+            d = x[k] - targets[r]
+            loss = d.pow(2).sum() + 0.1 * x[k].pow(4).sum()  # not quadratic: L-BFGS line searches do work
+            seen[r] += 1
+            losses.append(loss * float("nan") if r == nan_row and seen[r] > nan_at else loss)
+            dists.append(d.abs().max())
+        return {"loss": torch.stack(losses), "dist": torch.stack(dists)}
+
+    return objective
+
+
+METHOD_LR = {"lbfgs": 1.0, "lbfgsb": 1.0, "adam": 0.05, "normalized_gd": 0.02, "momentum": 0.02}
+
+
+@pytest.mark.parametrize("method", METHOD_LR)
+def test_each_row_of_a_batch_is_optimised_exactly_as_alone(method):
+    torch.manual_seed(3)
+    targets = torch.randn(4, 10)
+    start = torch.rand(4, 10) - 0.5
+    budgets = [7, 12, 9, 4]
+    kw = dict(method=method, lr=METHOD_LR[method], bounds=(-0.8, 0.8), project=lambda x: x.clamp_(-0.8, 0.8))
+    alone = [optimize_batch(start[j:j + 1], _rows_objective(targets[j:j + 1]), iterations=budgets[j], **kw)[0]
+             for j in range(4)]
+    together = optimize_batch(start, _rows_objective(targets), iterations=budgets, **kw)
+    order = [2, 0, 3]  # another composition and order
+    mixed = optimize_batch(start[order], _rows_objective(targets[order]), iterations=[budgets[j] for j in order], **kw)
+    for j, res in [*enumerate(together), *zip(order, mixed)]:
+        assert torch.equal(res.param, alone[j].param), (method, j)
+        assert res.history == alone[j].history and res.final == alone[j].final
+        assert res.iterations == alone[j].iterations == len(res.history) <= budgets[j] + 3  # lbfgs: burst overshoot
+    if method != "lbfgs":
+        assert [r.iterations for r in together] == budgets  # per-row budgets, spent exactly
+    assert together[1].history[-1] < together[1].history[0]
+
+
+@pytest.mark.parametrize("method", ["lbfgsb", "momentum"])
+def test_a_row_with_a_nan_loss_fails_alone(method):
+    torch.manual_seed(4)
+    targets, start = torch.randn(3, 6), torch.zeros(3, 6)
+    kw = dict(method=method, lr=METHOD_LR[method], iterations=10)
+    results = optimize_batch(start, _rows_objective(targets, nan_row=1, nan_at=3), **kw)
+    assert isinstance(results[1], RenderError) and str(results[1]) == "loss became nan at iteration 3"
+    for j in (0, 2):
+        alone = optimize_batch(start[j:j + 1], _rows_objective(targets[j:j + 1]), **kw)[0]
+        assert torch.equal(results[j].param, alone.param) and results[j].history == alone.history
+
+
+def test_lockstep_evaluates_the_running_rows_together():
+    """Each L-BFGS-B row runs in its own thread; every objective call holds all rows still running."""
+    torch.manual_seed(5)
+    calls: list[list[int]] = []
+    results = optimize_batch(torch.zeros(3, 8), _rows_objective(torch.randn(3, 8), calls), method="lbfgsb",
+                             iterations=[3, 6, 4])
+    assert calls == [[0, 1, 2]] * 3 + [[1, 2]] + [[1]] * 2
+    assert [r.iterations for r in results] == [3, 6, 4]
+
+
+def test_a_deadline_stops_the_whole_batch_and_leaves_no_thread():
+    import threading
+    import time
+
+    from genlib.render.limits import RenderLimits, RowTimeout, row_budget
+
+    def slow(x, rows):
+        time.sleep(0.02)
+        return {"loss": x.pow(2).flatten(1).sum(1)}
+
+    before = threading.active_count()
+    with row_budget(RenderLimits(), seconds=0.1), pytest.raises(RowTimeout, match="exceeded limits.max_seconds"):
+        optimize_batch(torch.ones(3, 4), slow, method="lbfgs", iterations=1000)
+    assert threading.active_count() == before
+    with pytest.raises(ZeroDivisionError):  # a bug in the objective surfaces as itself, threads joined
+        optimize_batch(torch.ones(2, 4), lambda x, rows: {"loss": x.sum(1) * (1 / len(rows[2:]))},
+                       method="lbfgsb", iterations=5)
+    assert threading.active_count() == before
+
+
+def test_batch_arguments_are_checked():
+    with pytest.raises(ValueError, match="2 rows need one budget"):
+        optimize_batch(torch.zeros(2, 3), _rows_objective(torch.zeros(2, 3)), iterations=[3])
+    with pytest.raises(RenderError, match="iterations must be >= 1, got 0"):
+        optimize_batch(torch.zeros(2, 3), _rows_objective(torch.zeros(2, 3)), iterations=[3, 0])
+    with pytest.raises(RenderError, match="unknown optimisation method 'sgd'"):
+        optimize_batch(torch.zeros(1, 3), _rows_objective(torch.zeros(1, 3)), method="sgd")

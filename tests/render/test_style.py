@@ -362,3 +362,10 @@ def test_real_network_moves_the_gram_statistics_toward_the_style():
     print(f"relative Gram distance to the style: content {before:.3f} -> output {after:.3f}")
     assert after < 0.5 * before, (before, after)
     assert out.losses["total"] < out.info["history"][0]
+
+
+def test_output_shape_is_the_shape_resize_max_gives():
+    from genlib.render.style import output_shape
+
+    for h, w, size in [(300, 451, 128), (451, 300, 40), (64, 80, 40), (20, 30, 64), (7, 1000, 100)]:
+        assert output_shape((h, w), size) == resize_max(np.zeros((h, w, 3), np.uint8), size).shape[:2]

@@ -59,7 +59,13 @@ class RenderConfig:
     gpus_per_actor: float = 1.0
     """GPU share per actor when use_gpu (e.g. 0.5 packs two actors per GPU)."""
     batch_size: int = 1
-    """Request rows per actor call."""
+    """Request rows per actor call; with ``batch_renders`` also the most rows optimised together."""
+    batch_renders: bool = True
+    """Optimise compatible rows of an actor call as one batch (style, deepdream, complete: same
+    size and objective settings; one forward/backward for all). A row's result does not depend on
+    which rows shared its batch, except for float rounding of batched convolutions, which style
+    transfer and DeepDream amplify into equally good but not pixel-identical images: set false
+    (or ``batch_size = 1``) for pixel-identical reruns of those kinds."""
     threads_per_actor: int = 1
     """torch CPU threads per actor."""
     force: bool = False

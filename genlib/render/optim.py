@@ -49,7 +49,8 @@ A non-finite loss fails its row with a RenderError (the other rows go on).
 number, the float terms and the evaluated parameter ``[1, ...]`` (detached;
 :class:`Snapshots` turns that into progress frames). The render's deadline
 (:func:`genlib.render.limits.check_deadline`) is checked before every batched
-evaluation: RowTimeout stops the whole batch.
+evaluation: past it, every row still running fails with RowTimeout (rows that finished keep
+their results) and the batch ends.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from genlib.render.base import RenderError
-from genlib.render.limits import check_deadline
+from genlib.render.limits import RowTimeout, check_deadline
 
 Objective = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 BatchObjective = Callable[[torch.Tensor, list[int]], dict[str, torch.Tensor]]
@@ -115,7 +116,7 @@ def optimize_batch(param: torch.Tensor, objective: BatchObjective, *, method: Me
                    callbacks: Sequence[Callback | None] | None = None) -> list[OptimResult | Exception]:
     """Minimise each row of ``param [B, ...]`` on its own (module doc); ``iterations`` is one budget for
     every row or one per row. Returns one OptimResult (``param [1, ...]``) per row, or the row's error
-    (RenderError for a non-finite loss). Errors of the batch as a whole (RowTimeout) are raised."""
+    (RenderError for a non-finite loss, RowTimeout for a row still running at the deadline)."""
     count = param.shape[0]
     budgets = [iterations] * count if isinstance(iterations, int) else list(iterations)
     if len(budgets) != count or len(callbacks or [None] * count) != count:
@@ -171,7 +172,12 @@ class _Batch:
     def __call__(self, x: torch.Tensor, rows: list[int]) -> list[int]:
         """Evaluate ``rows`` at ``x [b, ...]`` (a leaf) and back-propagate into ``x.grad``; returns the
         positions ``k`` whose loss was finite (the other rows are failed)."""
-        check_deadline()  # the render's max_seconds: RowTimeout between evaluations
+        try:
+            check_deadline()  # the render's max_seconds, between evaluations
+        except RowTimeout as exc:  # the rows still running stop; rows already finished keep their results
+            for row in rows:
+                self.rows[row].fail(exc)
+            return []
         with torch.enable_grad():
             terms = self.objective(x, rows)
             names = list(terms)

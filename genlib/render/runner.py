@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
@@ -43,6 +44,7 @@ from genlib.images import encode_png
 from genlib.render import io as rio
 from genlib.render.attempts import AttemptLog, RunStopped
 from genlib.render.base import RenderError, RenderOutput
+from genlib.render.batching import plan, render_batch
 from genlib.render.config import RenderConfig
 from genlib.render.identity import input_identity, renderer_id
 from genlib.render.kinds import Renderer, kind as kind_of
@@ -69,28 +71,88 @@ class RenderRunner:
         torch.set_num_threads(config.threads_per_actor)
 
     def render_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [self.render_row(r) for r in rows]
+        """One manifest row per request row, in order. With ``batch_renders`` (and more than one
+        row), compatible rows of a kind are optimised together (:mod:`genlib.render.batching`)."""
+        if not self.config.batch_renders or len(rows) < 2:
+            return [self.render_row(r) for r in rows]
+        return self._render_batched(rows)
 
     def render_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        if self.attempts is not None and self.attempts.stop_requested():
-            raise RunStopped(f"run {self.run_id} is stopping: {row['request_id']} not rendered")
-        out = {"request_id": row["request_id"], "kind": row["kind"], "input_uri": row["input"],
-               "params": row["params"], "params_hash": row["params_hash"], "worker": self.worker,
-               "output_uri": output_path(row["kind"], row["request_id"], row["params_hash"]),
-               "renderer_id": row.get("renderer_id") or self._renderer_id(row["kind"]), "run_id": self.run_id}
+        out = self._start(row)
         earlier = self._earlier(row["request_id"], out)
         if earlier is not None:
             return earlier
         start = time.perf_counter()
-        try:
-            with row_budget(self.config.limits, self.config.limits.max_seconds), self._watched(row):
+        with _failing_into(out):
+            with row_budget(self.config.limits, self.config.limits.max_seconds), self._watched([row]):
                 self._testing_aids(row["request_id"])
-                self._render_into(out, row)
-        except (RenderError, ConfigError, ValueError, FileNotFoundError, OSError) as exc:
-            out.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # a bug or a broken model must not kill the whole job either
-            out.update(status="failed", error=f"unexpected {type(exc).__name__}: {exc}")
+                job = self._prepare(out, row)
+                self._complete(out, job, self._renderer(row["kind"])(job.source, job.params))
         return self._finish(out, time.perf_counter() - start)
+
+    def _render_batched(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Prepare every row alone (attempt record, params, limits, input), render each kind's
+        prepared rows with ``render_batch``, then save each row alone. A row's ``seconds`` is its
+        own preparation and saving plus an equal share of its batch's render time."""
+        results: list[dict[str, Any] | None] = [None] * len(rows)
+        jobs: dict[int, _Job] = {}
+        for i, row in enumerate(rows):
+            out = self._start(row)
+            results[i] = self._earlier(row["request_id"], out)
+            if results[i] is not None:
+                continue
+            start = time.perf_counter()
+            with _failing_into(out):
+                with row_budget(self.config.limits, self.config.limits.max_seconds), self._watched([row]):
+                    self._testing_aids(row["request_id"])
+                    jobs[i] = self._prepare(out, row)
+            if i not in jobs:
+                results[i] = self._finish(out, time.perf_counter() - start)
+            else:
+                jobs[i].seconds = time.perf_counter() - start
+        for kind in dict.fromkeys(rows[i]["kind"] for i in jobs):
+            group = [i for i in jobs if rows[i]["kind"] == kind]
+            for i, result in zip(group, self._render_kind(kind, [rows[i] for i in group], [jobs[i] for i in group])):
+                results[i] = result
+        return results  # every slot is filled: earlier, failed while preparing, or rendered
+
+    def _render_kind(self, kind: str, rows: list[dict[str, Any]], jobs: list[_Job]) -> list[dict[str, Any]]:
+        """Render the prepared rows of one kind, each batch (``batching.plan``) under its own
+        deadline and watchdog: ``max_seconds`` per row of the batch."""
+        items = [(j.source, j.params) for j in jobs]
+        try:
+            renderer = self._renderer(kind)
+            batches = plan(renderer, items, self.config.batch_size)
+        except Exception as exc:  # the renderer could not even be built: every row fails with why
+            return [self._done(job, exc, 0.0) for job in jobs]
+        done: dict[int, dict[str, Any]] = {}
+        limits = self.config.limits
+        for batch in batches:
+            start = time.perf_counter()
+            with row_budget(limits, limits.max_seconds * len(batch)), self._watched([rows[i] for i in batch]):
+                rendered = render_batch(renderer, kind, [items[i] for i in batch])
+            share = (time.perf_counter() - start) / len(batch)
+            for i, result in zip(batch, rendered):
+                done[i] = self._done(jobs[i], result, share)
+        return [done[i] for i in range(len(jobs))]
+
+    def _done(self, job: _Job, result: RenderOutput | Exception, share: float) -> dict[str, Any]:
+        """Save a rendered row (or record its error); its seconds include its share of the batch."""
+        begin = time.perf_counter()
+        with _failing_into(job.out):
+            if isinstance(result, Exception):
+                raise result
+            self._complete(job.out, job, result)
+        return self._finish(job.out, job.seconds + share + time.perf_counter() - begin)
+
+    def _start(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The manifest row's known fields (RunStopped when the driver is stopping the run)."""
+        if self.attempts is not None and self.attempts.stop_requested():
+            raise RunStopped(f"run {self.run_id} is stopping: {row['request_id']} not rendered")
+        return {"request_id": row["request_id"], "kind": row["kind"], "input_uri": row["input"],
+                "params": row["params"], "params_hash": row["params_hash"], "worker": self.worker,
+                "output_uri": output_path(row["kind"], row["request_id"], row["params_hash"]),
+                "renderer_id": row.get("renderer_id") or self._renderer_id(row["kind"]), "run_id": self.run_id}
 
     # ------------------------------------------------------------------ attempts
 
@@ -130,19 +192,23 @@ class RenderRunner:
         except OSError:  # cannot tell: keep rendering
             return False
 
-    def _give_up(self, request_id: str, reason: str) -> None:
-        """Watchdog: record why, so the next actor fails the row instead of retrying it."""
+    def _give_up(self, request_ids: tuple[str, ...], reason: str) -> None:
+        """Watchdog: record why, so the next actor fails the rows instead of retrying them."""
         if self.attempts is not None:
-            self.attempts.give_up(request_id, reason)
+            for request_id in request_ids:
+                self.attempts.give_up(request_id, reason)
 
     @contextmanager
-    def _watched(self, row: dict[str, Any]) -> Iterator[None]:
+    def _watched(self, rows: list[dict[str, Any]]) -> Iterator[None]:
+        """Arm the watchdog for ``rows`` rendered together: max_seconds per row, plus the grace."""
         if self.watchdog is None:
             yield
             return
         limits = self.config.limits
-        self.watchdog.arm(row["request_id"], limits.max_seconds + limits.grace_seconds,
-                          f"exceeded limits.max_seconds ({limits.max_seconds:g} s) and did not stop within "
+        budget = limits.max_seconds * len(rows)
+        together = f" (rendered together with {len(rows) - 1} other row(s))" if len(rows) > 1 else ""
+        self.watchdog.arm(tuple(r["request_id"] for r in rows), budget + limits.grace_seconds,
+                          f"exceeded limits.max_seconds ({budget:g} s{together}) and did not stop within "
                           f"limits.grace_seconds ({limits.grace_seconds:g} s): its actor was killed")
         try:
             yield
@@ -162,29 +228,28 @@ class RenderRunner:
 
     # ------------------------------------------------------------------ render
 
-    def _render_into(self, out: dict[str, Any], row: dict[str, Any]) -> None:
+    def _prepare(self, out: dict[str, Any], row: dict[str, Any]) -> _Job:
+        """Typed params checked against ``[limits]``, and the input read (an image, or the URI
+        for kinds that take one); the input's identity goes into ``out``."""
         spec = kind_of(row["kind"])
         typed = from_dict(spec.params, json.loads(row["params"]), prefix="params.")
         if callable(getattr(typed, "check_limits", None)):
             typed.check_limits(self.config.limits)
-        image = None
         if spec.input == "uri":
-            source: Any = row["input"]
             out["input_sha256"] = input_identity(row["input"])  # the checkpoint it resolves to now
-        else:
-            out["input_fingerprint"] = rio.fingerprints([row["input"]]).get(row["input"])  # before the read
-            image, out["input_sha256"] = rio.load_image(row["input"])
-            source = image
-        result, out["weights_id"] = self._render(row["kind"], source, typed)
-        out.update(self._save(out["output_uri"], image, result), status="ok",
-                   losses=json.dumps(result.losses, sort_keys=True), iterations=result.iterations)
+            return _Job(out, row["input"], typed, None)
+        out["input_fingerprint"] = rio.fingerprints([row["input"]]).get(row["input"])  # before the read
+        image, out["input_sha256"] = rio.load_image(row["input"])
+        return _Job(out, image, typed, image)
 
-    def _render(self, kind: str, source: Any, typed: Any) -> tuple[RenderOutput, str]:
-        renderer = self._renderer(kind)
-        result = renderer(source, typed)
+    def _complete(self, out: dict[str, Any], job: _Job, result: RenderOutput) -> None:
+        """Check the result and write the output and its companions into ``out``."""
         if not np.isfinite(list(result.losses.values()) or [0.0]).all():
             raise RenderError(f"non-finite final loss {result.losses}")
-        return result, str(result.info.get("weights_id") or getattr(renderer, "weights_id", "unknown"))
+        renderer = self.renderers.get(out["kind"])
+        out["weights_id"] = str(result.info.get("weights_id") or getattr(renderer, "weights_id", "unknown"))
+        out.update(self._save(out["output_uri"], job.image, result), status="ok",
+                   losses=json.dumps(result.losses, sort_keys=True), iterations=result.iterations)
 
     def _renderer(self, kind: str) -> Renderer:
         """The kind's renderer, built once per runner from its RenderConfig section."""
@@ -220,6 +285,28 @@ class RenderRunner:
         return rel
 
 
+@dataclass
+class _Job:
+    """A prepared row: its manifest row so far, what the renderer takes, the decoded input."""
+
+    out: dict[str, Any]
+    source: Any                 # decoded image uint8 [H, W, 3], or the input URI
+    params: Any                 # the kind's typed params
+    image: np.ndarray | None    # the decoded input (gallery thumbnail), None for URI kinds
+    seconds: float = 0.0        # spent preparing
+
+
+@contextmanager
+def _failing_into(out: dict[str, Any]) -> Iterator[None]:
+    """A row that raises becomes a failed row (its error recorded); the job goes on."""
+    try:
+        yield
+    except (RenderError, ConfigError, ValueError, FileNotFoundError, OSError) as exc:
+        out.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a bug or a broken model must not kill the whole job either
+        out.update(status="failed", error=f"unexpected {type(exc).__name__}: {exc}")
+
+
 def animation(frames: list[np.ndarray]) -> tuple[str, bytes]:
     """Progress frames (uint8 [H, W, 3], oldest first) -> (suffix, animated WebP or GIF bytes)."""
     size = frames[-1].shape[1], frames[-1].shape[0]
@@ -242,12 +329,12 @@ class _Watchdog:
     def __init__(self, on_timeout, stopping) -> None:
         self.on_timeout, self.stopping = on_timeout, stopping
         self.cond = threading.Condition()
-        self.armed: tuple[str, float, str] | None = None
+        self.armed: tuple[tuple[str, ...], float, str] | None = None
         threading.Thread(target=self._run, name="genlib-render-watchdog", daemon=True).start()
 
-    def arm(self, request_id: str, seconds: float, reason: str) -> None:
+    def arm(self, request_ids: tuple[str, ...], seconds: float, reason: str) -> None:
         with self.cond:
-            self.armed = (request_id, time.monotonic() + seconds, reason)
+            self.armed = (request_ids, time.monotonic() + seconds, reason)
             self.cond.notify()
 
     def disarm(self) -> None:
@@ -261,16 +348,16 @@ class _Watchdog:
                 if self.armed is None:
                     self.cond.wait()
                     continue
-                request_id, deadline, reason = self.armed
+                request_ids, deadline, reason = self.armed
                 if self.stopping():
                     os._exit(1)
                 if time.monotonic() < deadline:
                     self.cond.wait(timeout=min(STOP_POLL_SECONDS, deadline - time.monotonic()))
                     continue
                 try:
-                    self.on_timeout(request_id, reason)
+                    self.on_timeout(request_ids, reason)
                 finally:
-                    print(f"[render] {request_id}: {reason}", file=sys.stderr, flush=True)
+                    print(f"[render] {', '.join(request_ids)}: {reason}", file=sys.stderr, flush=True)
                     os._exit(1)
 
 

@@ -359,7 +359,7 @@ def test_dream_batch_key_leaves_seed_jitter_and_stops_per_row(dreamer):
 
 
 @pytest.fixture(scope="module")
-def completer(tmp_path_factory) -> MaskCompletion:
+def dcgan_checkpoint(tmp_path_factory) -> str:
     """A tiny random 32 px DCGAN whose eval-mode G makes contrasted images (BatchNorm statistics
     measured on random z, output layer scaled up), saved with the checkpoint contract."""
     torch.manual_seed(0)
@@ -375,7 +375,12 @@ def completer(tmp_path_factory) -> MaskCompletion:
         family.netG.main[-2].weight.mul_(5)
     folder = tmp_path_factory.mktemp("dcgan")
     save_state(family, 0, {"model": {"family": "dcgan"}}, "test", dataclasses.asdict(cfg), folder)
-    return MaskCompletion(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def completer(dcgan_checkpoint) -> MaskCompletion:
+    return MaskCompletion(dcgan_checkpoint)
 
 
 def completion_rows() -> dict:
@@ -409,3 +414,47 @@ def test_completion_batch_key_and_a_bad_mask_fails_alone(completer, tmp_path):
     results = render_batch(completer, "complete", [rows["B"], (image, bad), rows["D"]])
     assert isinstance(results[1], RenderError) and "cannot read" in str(results[1])
     assert results[0].iterations == 60 and results[2].iterations == 30
+
+
+# ----------------------------------------------------------------------------- through the runner
+
+
+def test_the_runner_renders_an_actor_call_as_batches(dcgan_checkpoint, tmp_path, monkeypatch):
+    """RenderConfig.batch_size rows per call: compatible rows share one render_many call, a bad
+    row fails alone, and each row's manifest row is what it would be rendered alone."""
+    from genlib.config import from_dict
+    from genlib.render.config import RenderConfig
+    from genlib.render.requests import normalise_requests
+    from genlib.render.runner import RenderRunner
+
+    inputs = []
+    for i in range(3):
+        Image.fromarray(blobs(20 + i, 32, 32)).save(tmp_path / f"f{i}.png")
+        inputs.append(str(tmp_path / f"f{i}.png"))
+    params = {"restarts": 2, "iterations": 20, "lr": 0.001, "mask": "center"}
+    requests = normalise_requests(
+        [{"request_id": f"r{i}", "kind": "complete", "input": uri, "params": {**params, "seed": i}}
+         for i, uri in enumerate(inputs)]
+        + [{"request_id": "missing", "kind": "complete", "input": str(tmp_path / "nope.png"), "params": params}])
+    calls = []
+    many = MaskCompletion.render_many
+    monkeypatch.setattr(MaskCompletion, "render_many",
+                        lambda self, s, *rest: calls.append(len(s)) or many(self, s, *rest))
+
+    def run(batch: bool, out: str) -> dict:
+        cfg = from_dict(RenderConfig, {"output": str(tmp_path / out), "batch_size": 4, "batch_renders": batch,
+                                       "complete": {"checkpoint": dcgan_checkpoint}})
+        return {r["request_id"]: r for r in RenderRunner(cfg).render_rows(requests)}
+
+    together = run(True, "together")
+    assert calls == [3]  # the three good rows in one call; the missing input never reached the renderer
+    calls.clear()
+    alone = run(False, "alone")
+    assert calls == [1, 1, 1]  # batch_renders = false: one row per call
+    assert together["missing"]["status"] == "failed" and "nope.png" in together["missing"]["error"]
+    for rid in ("r0", "r1", "r2"):
+        a, b = together[rid], alone[rid]
+        assert a["status"] == b["status"] == "ok" and a["iterations"] == b["iterations"] == 20
+        assert a["seconds"] > 0 and a["output_uri"] == b["output_uri"]
+        pa, pb = (np.asarray(Image.open(tmp_path / d / r["output_uri"])) for d, r in (("together", a), ("alone", b)))
+        assert np.abs(pa.astype(int) - pb.astype(int)).max() <= 1  # completion: equal up to batched rounding

@@ -40,16 +40,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -163,7 +165,8 @@ def run_training(cfg: TrainConfig, resume: str | None = None, address: str | Non
     if not resume or info != run.info():  # a forced corpus change is recorded before training
         run.init(info)
     trainer = make_trainer(cfg, run_dir)
-    with ray_session(address), ProgressPrinter(run_dir, cfg.steps, enabled=progress) as printer:
+    with ray_session(address), ProgressPrinter(run_dir, cfg.steps, enabled=progress) as printer, \
+            _own_sigint():
         try:
             result = trainer.fit()
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Ray Train aborts the run, then exits
@@ -240,6 +243,21 @@ class ProgressPrinter:
                 if self.enabled:
                     print(progress_line(row, self.steps), flush=True)
                 self.last_step = int(row["step"])
+
+
+@contextmanager
+def _own_sigint() -> Iterator[None]:
+    """Give SIGINT back afterwards: ``trainer.fit()`` installs a handler that aborts *its* run
+    and stays installed, so a later Ctrl-C in the same process (the pipeline's render stage, a
+    second run) would reach a finished controller instead of raising KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def progress_line(row: dict[str, Any], steps: int) -> str:

@@ -122,7 +122,10 @@ def test_one_and_two_workers_give_matching_losses(palette_corpus, tmp_path, loca
     """Global batch = the whole 16-sample split, so both runs see identical data;
     DDP's gradient averaging must then reproduce the single-worker update."""
     model = {"family": "pixelrnn", "variant": "pixelcnn", "hidden": 8, "layers": 1, "embed": 4, "first_kernel": 3}
+    import signal
+
     losses = {}
+    before = signal.getsignal(signal.SIGINT)
     for workers in (1, 2):
         cfg = from_dict(TrainConfig, dict(
             corpus=str(palette_corpus), storage_path=str(tmp_path), name=f"w{workers}", steps=3, batch_size=16,
@@ -131,6 +134,7 @@ def test_one_and_two_workers_give_matching_losses(palette_corpus, tmp_path, loca
         outcome = run_training(cfg)
         losses[workers] = [float(r["loss"]) for r in metric_rows(outcome.run_dir)]
         assert "val_bits_per_dim" in metric_rows(outcome.run_dir)[-1]
+        assert signal.getsignal(signal.SIGINT) is before  # Ray Train's run-abort handler is not left behind
     assert losses[1][0] == pytest.approx(losses[2][0], rel=1e-5)   # same data, same init
     assert losses[1][1] == pytest.approx(losses[2][1], rel=1e-4)   # after one DDP step
     assert losses[1][2] == pytest.approx(losses[2][2], rel=1e-4)

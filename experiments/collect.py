@@ -1,0 +1,114 @@
+"""Helpers of experiments/run.sh: log steps, write request tables, gather a summary.
+
+    collect.py step OUT_DIR LABEL SECONDS COMMAND          # one line of OUT_DIR/steps.jsonl
+    collect.py requests FILE KIND CORPUS SPLIT N PARAMS    # N requests over the first N samples of SPLIT
+    collect.py explore FILE RUN FAMILY [RUN_2D CORPUS]     # latent-exploration requests of a run
+    collect.py summary OUT_DIR                             # OUT_DIR/summary.json (+ a Markdown digest)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from genlib.data.corpus import open_corpus
+from genlib.train.rundir import RunDir, read_metrics
+
+COMPLETION_MASKS = ("center", "half", "random_blocks")
+
+
+def step(out: str, label: str, seconds: str, command: str) -> None:
+    with open(Path(out) / "steps.jsonl", "a") as f:
+        f.write(json.dumps({"step": label, "seconds": int(seconds), "command": command}) + "\n")
+
+
+def keys(corpus: str, split: str, n: int) -> list[str]:
+    index = open_corpus(corpus).index().to_pylist()
+    return [r["key"] for r in index if r["split"] == split][:n]
+
+
+def requests(path: str, kind: str, corpus: str, split: str, n: str, params: str) -> None:
+    rows = []
+    for i, key in enumerate(keys(corpus, split, int(n))):
+        p = {**json.loads(params), "seed": i}
+        if kind == "complete":
+            p["mask"] = COMPLETION_MASKS[i % len(COMPLETION_MASKS)]
+        rows.append({"request_id": f"{kind}-{split}-{key}", "kind": kind,
+                     "input": f"corpus://{Path(corpus).resolve()}#{key}", "params": p})
+    _write(path, rows)
+
+
+def explore(path: str, run: str, family: str, run_2d: str | None = None, corpus: str | None = None) -> None:
+    rows = [{"request_id": f"{family}-traverse", "kind": "explore", "input": run,
+             "params": {"mode": "traverse", "seeds": [3], "dims": [0, 1, 2, 3], "steps": 9, "zoom": 2}}]
+    if family == "dcgan":
+        rows += [{"request_id": "dcgan-interpolate", "kind": "explore", "input": run,
+                  "params": {"mode": "interpolate", "seeds": [0, 1], "path": "slerp", "steps": 10, "zoom": 2}},
+                 {"request_id": "dcgan-arithmetic", "kind": "explore", "input": run,
+                  "params": {"mode": "arithmetic", "groups": [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+                             "signs": [1, -1, 1], "zoom": 2}}]
+    else:
+        faces = [f"corpus://{Path(corpus).resolve()}#{k}" for k in keys(corpus, "test", 2)]
+        rows += [{"request_id": "vae-interpolate", "kind": "explore", "input": run,
+                  "params": {"mode": "interpolate", "images": faces, "path": "linear", "steps": 10, "zoom": 2}}]
+    if run_2d:
+        rows.append({"request_id": "vae2d-grid", "kind": "explore", "input": run_2d,
+                     "params": {"mode": "grid", "steps": 12, "zoom": 2}})
+    _write(path, rows)
+
+
+def _write(path: str, rows: list[dict]) -> None:
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def summary(out: str) -> None:
+    root = Path(out)
+    steps = [json.loads(line) for line in (root / "steps.jsonl").read_text().splitlines() if line]
+    runs = {}
+    for run in sorted(p for p in (root / "runs").glob("*") if (p / "run.json").is_file()):
+        rows = read_metrics(run)
+        evals = RunDir(run).evals()
+        runs[run.name] = {"steps": rows[-1]["step"] if rows else 0,
+                          "images_per_s": _median([r["images_per_s"] for r in rows if r.get("images_per_s")]),
+                          "eval": evals, "last_metrics": rows[-1] if rows else {}}
+    data = {"experiment": root.name, "machine": machine(), "steps": steps, "runs": runs}
+    (root / "summary.json").write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+    total = sum(s["seconds"] for s in steps)
+    print(f"== {root.name}: {total} s in all; summary: {root / 'summary.json'}")
+    for name, run in runs.items():
+        last = run["eval"][-1] if run["eval"] else {}
+        shown = {k: last[k] for k in ("fd", "kid", "precision", "recall", "iwae_nats", "elbo_nats", "bits_per_dim",
+                                      "baseline_uniform_bpd", "baseline_unigram_bpd") if k in last}
+        print(f"   {name}: step {run['steps']}, {shown}")
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "loadavg": os.getloadavg()}
+    try:
+        info["revision"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                          text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["revision"] = "unknown"
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                           if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+if __name__ == "__main__":
+    commands = {"step": step, "requests": requests, "explore": explore, "summary": summary}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(__doc__)
+    commands[sys.argv[1]](*sys.argv[2:])

@@ -40,7 +40,6 @@ Counts that do not fit the cluster (``num_workers x resources_per_worker`` again
 from __future__ import annotations
 
 import html
-import io
 import json
 from datetime import datetime, timezone
 from typing import Any
@@ -50,6 +49,7 @@ from genlib.distributed.runtime import ray_session
 from genlib.distributed.train import PHASES, prepare_run, rank_record_path, resources_per_worker, run_training
 from genlib.storage import Storage, absolute, join
 from genlib.train.config import TrainConfig
+from genlib.train.report import save_figure
 from genlib.train.rundir import read_metrics
 
 SCALING_JSON = "scaling.json"
@@ -226,11 +226,7 @@ def plot_scaling(record: dict[str, Any], storage: Storage) -> list[tuple[str, st
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        storage.write_bytes(rel, buf.getvalue())
+        save_figure(fig, storage, rel)
         written.append((title, rel))
     return written
 

@@ -76,12 +76,19 @@ def _plot(title: str, series: dict[str, list[tuple[int, float]]], storage: Stora
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    save_figure(fig, storage, rel)
+    return title, rel
+
+
+def save_figure(fig, storage: Storage, rel: str) -> None:
+    """Lay out a matplotlib figure, write it as PNG to ``storage/rel`` and close it."""
+    import matplotlib.pyplot as plt  # lazy: heavy, and only reports draw
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     storage.write_bytes(rel, buf.getvalue())
-    return title, rel
 
 
 def write_report(run_dir: str | Path) -> str:

@@ -347,21 +347,13 @@ def test_an_interrupted_cli_render_says_so_in_one_line(monkeypatch, capsys, tmp_
 # ----------------------------------------------------------------------------- with Ray
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def part_ids(out: Path) -> list[str]:
     return [i for p in sorted((out / "manifest").glob("part-*.parquet"))
             for i in pq.read_table(p).column("request_id").to_pylist()]
 
 
 @pytest.mark.slow
-def test_a_job_with_a_deadly_row_and_a_stuck_row_ends_with_both_failed_and_the_rest_ok(images, tmp_path, ray_local):
+def test_a_job_with_a_deadly_row_and_a_stuck_row_ends_with_both_failed_and_the_rest_ok(images, tmp_path, local_ray):
     """r2 kills its actor on every attempt (retried on fresh actors, then failed); r4 hangs outside
     the optimiser (the watchdog kills its actor, the row fails without a retry). r3 shares r2's batch."""
     from genlib.distributed.render import run_render
@@ -391,7 +383,7 @@ def finished_in_attempts(out: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_an_interrupted_driver_keeps_every_finished_row_and_a_rerun_renders_the_rest(images, tmp_path, ray_local):
+def test_an_interrupted_driver_keeps_every_finished_row_and_a_rerun_renders_the_rest(images, tmp_path, local_ray):
     from genlib.distributed.render import PUMP_THREAD, RenderInterrupted, run_render
 
     requests = normalise_requests([dream(f"r{i:02d}", images[f"photo{i % 6}"], iterations=12, size=64)

@@ -131,10 +131,12 @@ class StyleParams:
     tv_weight: float = 10.0
     """Weight of the total-variation term (mean squared neighbour difference of [0, 1] pixels,
     ~0.005-0.05): 10 is a mild smoother (~1% of the total at default weights); 100+ visibly smooths."""
-    optimizer: Literal["lbfgs", "lbfgsb", "adam"] = "lbfgs"
-    """"lbfgs" (torch L-BFGS, clamped to [0, 1] between bursts of 20 evaluations), "lbfgsb" (scipy's
-    box-constrained L-BFGS-B: pixels never leave [0, 1], as in Gatys et al.) or "adam". For both
-    L-BFGS variants iterations count objective evaluations."""
+    optimizer: Literal["lbfgs", "lbfgsb", "adam"] = "lbfgsb"
+    """"lbfgsb" (scipy's box-constrained L-BFGS-B: pixels never leave [0, 1], as in Gatys et al. and
+    seed 000; the default: 0.80x the clamped L-BFGS's loss at equal evaluations in
+    benchmarks/bench_lbfgs.py), "lbfgs" (torch L-BFGS, clamped to [0, 1] between bursts of 20
+    evaluations; genlib 0.1's default) or "adam". For both L-BFGS variants iterations count
+    objective evaluations."""
     iterations: int = 300
     """Optimiser iterations *per scale* (the output's ``iterations`` is the sum over scales; L-BFGS's
     line search may overshoot a burst by a few evaluations, the count reported is the real one)."""

@@ -32,7 +32,7 @@ from genlib.distributed.build import RayMapper
 from genlib.distributed.render import run_render
 from genlib.distributed.runtime import set_verbose
 from genlib.distributed.scale import efficiency_note, parse_workers, run_scaling
-from genlib.distributed.train import run_training
+from genlib.distributed.train import resume_config, run_training
 from genlib.eval.run import EvalConfig, evaluate_run
 from genlib.eval.record import dumps as eval_json
 from genlib.pipeline import PipelineConfig, build_demo_corpus, run_pipeline
@@ -207,6 +207,18 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def resume_train_config(args: argparse.Namespace) -> TrainConfig:
+    """``--resume RUN_DIR``: the run's stored config; only ``--set steps=N`` may change it."""
+    keys = [item.split("=", 1)[0].strip() for item in args.overrides]
+    other = [k for k in keys if k != "steps"] + [f"--{flag}" for flag in ("config", "corpus", "model")
+                                                  if getattr(args, flag)]
+    if other:
+        raise UserError(f"--resume continues a run with the config it was started with; only --set steps=N "
+                        f"(to extend it) may be given, not {', '.join(other)}")
+    steps = load_config(TrainConfig, None, [o for o in args.overrides]).steps if keys else None
+    return resume_config(args.resume, steps)
+
+
 def load_train_config(args: argparse.Namespace) -> TrainConfig:
     overrides = list(args.overrides)
     if args.corpus:
@@ -217,8 +229,8 @@ def load_train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    outcome = run_training(load_train_config(args), resume=args.resume, address=args.ray_address,
-                           force_corpus=args.force_corpus)
+    cfg = resume_train_config(args) if args.resume else load_train_config(args)
+    outcome = run_training(cfg, resume=args.resume, address=args.ray_address, force_corpus=args.force_corpus)
     print(f"trained to step {outcome.step}: {outcome.run_dir}")
     print(f"checkpoint: {outcome.checkpoint}")
     print(f"report:     {outcome.report}")

@@ -96,22 +96,36 @@ def rank_record_path(rank: int) -> str:
 # ============================================================================ driver
 
 
+def stored_train_config(run_dir: str, info: dict | None = None) -> dict[str, Any]:
+    """The TrainConfig a run folder was started with (its run.json); ConfigError if none."""
+    stored = dict(((info if info is not None else RunDir(absolute(run_dir)).info()).get("train")) or {})
+    if not stored:
+        raise ConfigError(f"--resume {run_dir}: not a genlib run folder (run.json missing)")
+    return stored
+
+
+def resume_config(run_dir: str, steps: int | None = None) -> TrainConfig:
+    """The config to continue ``run_dir`` with: its stored one, trained to ``steps`` (default:
+    the stored steps, i.e. finish the run)."""
+    stored = stored_train_config(run_dir)
+    return from_dict(TrainConfig, {**stored, "steps": stored["steps"] if steps is None else steps})
+
+
 def prepare_run(cfg: TrainConfig, resume: str | None = None,
                 force_corpus: bool = False) -> tuple[TrainConfig, str, dict]:
     """Validate config + corpus and pick the run folder, before any worker starts.
 
-    ``resume``: a run folder (path or URI); its stored config is used, except
-    ``steps`` when given (to extend a finished run). It must still find the corpus
-    the run was trained on at the stored path, unless ``force_corpus``."""
+    ``resume``: a run folder (path or URI); its stored config is used, with ``cfg.steps``
+    as the step to train to (:func:`resume_config` builds that config from the stored one).
+    It must still find the corpus the run was trained on at the stored path, unless
+    ``force_corpus``."""
     stored_info: dict = {}
     if resume:
         stored_info = RunDir(absolute(resume)).info()
-        stored = dict(stored_info.get("train") or {})
-        if not stored:
-            raise ConfigError(f"--resume {resume}: not a genlib run folder (run.json missing)")
+        stored = stored_train_config(resume, stored_info)
         parent, name = absolute(resume).rstrip("/").rsplit("/", 1)
-        stored.update(steps=cfg.steps if cfg.steps != TrainConfig.steps else stored["steps"])
-        cfg = from_dict(TrainConfig, {**stored, "name": name, "storage_path": parent, "fail_at_step": 0})
+        cfg = from_dict(TrainConfig, {**stored, "steps": cfg.steps, "name": name, "storage_path": parent,
+                                      "fail_at_step": 0})
     if not cfg.corpus:
         raise ConfigError("corpus: no corpus given (set corpus = \"path\" or pass --corpus)")
     corpus = open_corpus(cfg.corpus)

@@ -93,10 +93,20 @@ class RenderRunner:
     def _render_batched(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Prepare every row alone (attempt record, params, limits, input), render each kind's
         prepared rows with ``render_batch``, then save each row alone. A row's ``seconds`` is its
-        own preparation and saving plus an equal share of its batch's render time."""
+        own preparation and saving plus an equal share of its batch's render time.
+
+        A row with an attempt record (its earlier actor died while it was in flight, or it is
+        already decided) is rendered alone, first: when an actor dies during a batch every row of
+        it is charged one attempt, and on the retry each goes alone, so the row that kills actors
+        is isolated and the others are not charged again for it."""
         results: list[dict[str, Any] | None] = [None] * len(rows)
         jobs: dict[int, _Job] = {}
         for i, row in enumerate(rows):
+            if self.attempts is not None and self.attempts.read(row["request_id"]):
+                results[i] = self.render_row(row)
+        for i, row in enumerate(rows):
+            if results[i] is not None:
+                continue
             out = self._start(row)
             results[i] = self._earlier(row["request_id"], out)
             if results[i] is not None:

@@ -225,3 +225,19 @@ def test_resume_refuses_another_corpus_unless_forced(faces_corpus, tmp_path, cap
         prepare_run(cfg, resume=run_dir)
     save_state(build_family(cfg.model, open_corpus(faces_corpus), "cpu"), 4, to_dict(cfg), now, None, folder)
     assert prepare_run(cfg, resume=run_dir)[2] == RunDir(run_dir).info()  # same corpus: resumes, run.json kept
+
+
+def test_resume_takes_the_stored_config_and_only_steps(faces_corpus, tmp_path, capsys):
+    """--set steps=1000 (TrainConfig's default value) is honoured; other changes are refused."""
+    from genlib.cli import build_parser, main, resume_train_config
+
+    cfg, run_dir, info = prepare_run(dcgan_cfg(faces_corpus, tmp_path, name="stored", steps=8))
+    RunDir(run_dir).init(info)
+    parse = lambda *extra: build_parser().parse_args(["train", "--resume", run_dir, *extra])  # noqa: E731
+    assert resume_train_config(parse()).steps == 8                       # finish the run as started
+    assert resume_train_config(parse("--set", "steps=1000")).steps == 1000  # extend it, even to the default
+    assert resume_train_config(parse("--set", "steps=20")).model == cfg.model
+    assert main(["train", "--resume", run_dir, "--set", "model.ngf=4", "--set", "steps=20"]) == 2
+    assert "only --set steps=N (to extend it) may be given, not model.ngf" in capsys.readouterr().err
+    assert main(["train", "--resume", run_dir, "--corpus", str(faces_corpus)]) == 2
+    assert "not --corpus" in capsys.readouterr().err

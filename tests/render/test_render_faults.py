@@ -372,6 +372,21 @@ def test_a_job_with_a_deadly_row_and_a_stuck_row_ends_with_both_failed_and_the_r
     assert not (tmp_path / ATTEMPTS_DIR).exists() or not any((tmp_path / ATTEMPTS_DIR).iterdir())
 
 
+@pytest.mark.slow
+def test_a_deadly_row_late_in_a_batch_does_not_use_up_its_neighbours_attempts(images, tmp_path, local_ray):
+    """r3 dies after r0..r2 of its batch were taken on: each retry renders the charged rows alone,
+    so they finish and only r3 is failed (max_attempts = 2)."""
+    from genlib.distributed.render import run_render
+
+    requests = normalise_requests([dream(f"r{i}", images[f"photo{i}"]) for i in range(6)])
+    cfg = config(tmp_path, actors=1, cpus_per_actor=1.0, batch_size=4, max_attempts=2, die_on_request="r3",
+                 die_on_request_always=True)
+    summary = run_render(requests, cfg, progress=False)
+    rows = read_manifest(cfg.output)
+    assert rows["r3"]["status"] == "failed" and rows["r3"]["error"] == "actor died 2 times rendering this row"
+    assert (summary.ok, summary.failed) == (5, 1), {k: r["error"] for k, r in rows.items() if r["error"]}
+
+
 def finished_in_attempts(out: Path) -> set[str]:
     """Request ids whose actor has finished them (their attempt record holds the row)."""
     ids = set()

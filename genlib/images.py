@@ -37,9 +37,17 @@ def image_grid(images: list[np.ndarray], columns: int, pad: int = 2) -> np.ndarr
     return grid
 
 
+def grid_shape(tile: tuple[int, int], count: int, columns: int, pad: int = 2) -> tuple[int, int]:
+    """(H, W) of the :func:`image_grid` of ``count`` tiles of ``tile = (h, w)`` in ``columns``."""
+    rows, cols = math.ceil(count / columns), min(columns, count)
+    return rows * (tile[0] + pad) + pad, cols * (tile[1] + pad) + pad
+
+
+def zoom(image: np.ndarray, factor: int) -> np.ndarray:
+    """Enlarge ``image [h, w, ...]`` ``factor`` times, nearest neighbour (crisp pixels)."""
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1) if factor > 1 else image
+
+
 def upscale_nearest(image: np.ndarray, min_width: int) -> np.ndarray:
     """Enlarge by an integer factor (nearest neighbour) until at least ``min_width`` wide."""
-    scale = max(1, min_width // image.shape[1])
-    if scale == 1:
-        return image
-    return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+    return zoom(image, max(1, min_width // image.shape[1]))

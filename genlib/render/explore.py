@@ -37,12 +37,13 @@ import numpy as np
 import torch
 
 from genlib.config import Fields, is_int, is_real
-from genlib.images import image_grid
+from genlib.images import grid_shape, image_grid, zoom
 from genlib.models.base import Family
 from genlib.models.dcgan import DCGAN
 from genlib.models.vae import VAE
 from genlib.render import io as rio
 from genlib.render.base import RenderError, RenderOutput, to_image
+from genlib.render.limits import check_output
 from genlib.render.masks import fit_image
 from genlib.train.checkpoint import load_checkpoint, load_family, resolve_checkpoint
 
@@ -119,7 +120,6 @@ class ExploreParams:
                  "traverse": self.steps * len(self.dims or range(TRAVERSE_DIMS)),
                  "arithmetic": sum(len(g) + 1 for g in self.groups or []) + 1}[self.mode]
         limits.cap(self, "groups" if self.mode == "arithmetic" else "steps", "max_samples", tiles)
-        limits.cap(self, "zoom", "max_side")
 
 
 def _int_list(check: Fields, name: str, value: Any, low: int) -> None:
@@ -198,8 +198,10 @@ class LatentExplorer:
                  "arithmetic": self._arithmetic}
         rows = modes[params.mode](family, params)  # rows of uint8 [S, S, 3] tiles
         width = max(len(r) for r in rows)
+        side = rows[0][0].shape[0] * params.zoom
+        check_output(params, "zoom", grid_shape((side, side), len(rows) * width, width))
         blank = np.full_like(rows[0][0], 255)
-        tiles = [_zoom(t, params.zoom) for row in rows for t in row + [blank] * (width - len(row))]
+        tiles = [zoom(t, params.zoom) for row in rows for t in row + [blank] * (width - len(row))]
         info = {"weights_id": weights_id, "family": "vae" if isinstance(family, VAE) else "dcgan",
                 "mode": params.mode, "latent_dim": _latent_dim(family), "rows": len(rows), "columns": width}
         return RenderOutput(image=image_grid(tiles, columns=width), info=info)
@@ -290,7 +292,3 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """``[nc, S, S]`` in [-1, 1] (nc = 1 or 3) -> uint8 [S, S, 3]."""
     x = (x.detach().float().cpu() + 1) / 2
     return to_image(x.expand(3, -1, -1) if x.shape[0] == 1 else x)
-
-
-def _zoom(tile: np.ndarray, zoom: int) -> np.ndarray:
-    return np.repeat(np.repeat(tile, zoom, axis=0), zoom, axis=1) if zoom > 1 else tile

@@ -101,6 +101,15 @@ def row_budget(limits: RenderLimits, seconds: float | None = None) -> Iterator[N
         _BUDGET.reset(token)
 
 
+def check_output(params: Any, name: str, shape: tuple[int, int]) -> None:
+    """LimitError naming ``params.<name>`` when an output of ``shape`` (H, W), which that field
+    scales, would be larger than ``limits.max_side`` (checked before anything is allocated)."""
+    cap = current_limits().max_side
+    if max(shape) > cap:
+        raise LimitError(f"{type(params).__name__}.{name}: the output would be {shape[1]}x{shape[0]} px, over "
+                         f"limits.max_side ({cap}), got {getattr(params, name)!r}")
+
+
 def current_limits() -> RenderLimits:
     """The limits of the row being rendered (defaults outside a row)."""
     return _BUDGET.get()[0]

@@ -45,9 +45,10 @@ import torch.nn.functional as F
 
 from genlib.config import Fields
 from genlib.data.palette import quantize
-from genlib.images import image_grid
+from genlib.images import grid_shape, image_grid, zoom
 from genlib.models.pixelrnn import PixelRNN
 from genlib.render.base import RenderError, RenderOutput
+from genlib.render.limits import check_output
 from genlib.render.masks import center_box, fit_image, fit_mask, load_mask, mask_image
 from genlib.train.checkpoint import load_checkpoint, load_family, resolve_checkpoint
 
@@ -103,7 +104,6 @@ class PixelCompleteParams:
     def check_limits(self, limits) -> None:
         """The render config's caps (a ``genlib.render.limits.RenderLimits``); LimitError names field and cap."""
         limits.cap(self, "samples", "max_samples")
-        limits.cap(self, "zoom", "max_side")
 
 
 class PixelCompletion:
@@ -146,6 +146,9 @@ class PixelCompletion:
         family, weights_id = self.model(params.checkpoint)
         self.weights_id = weights_id
         shape = (family.config.height, family.config.width)
+        tiles = 2 + params.samples  # input, masked input, completions
+        check_output(params, "zoom", grid_shape((shape[0] * params.zoom, shape[1] * params.zoom), tiles,
+                                                min(tiles, MAX_COLUMNS)))
         palette = np.asarray(family.config.palette, dtype=np.uint8)              # [K, 3]
         index = torch.from_numpy(quantize(fit_image(image, shape), palette).astype(np.int64))  # [h, w]
         given = torch.from_numpy(self._mask(image.shape[:2], shape, params))       # bool [h, w]
@@ -154,7 +157,7 @@ class PixelCompletion:
         rgb = palette[index.numpy()]                                              # [h, w, 3]
         masked = np.where(given.numpy()[..., None], rgb, np.uint8(HIDDEN_GREY))
         tiles = [rgb, masked, *palette[samples.numpy()]]
-        grid = image_grid([_zoom(t, params.zoom) for t in tiles], columns=min(len(tiles), MAX_COLUMNS))
+        grid = image_grid([zoom(t, params.zoom) for t in tiles], columns=min(len(tiles), MAX_COLUMNS))
         return RenderOutput(
             image=grid, losses=self._losses(family, index, samples, given),
             extras={"mask": mask_image(given.numpy()), "quantized": rgb},
@@ -194,8 +197,3 @@ class PixelCompletion:
         hidden = ~given
         return {"nll_given": float(nll[0][given].sum()), "nll_hidden_input": float(nll[0][hidden].sum()),
                 "nll_samples": float(nll[1:][:, hidden].sum(1).mean())}
-
-
-def _zoom(tile: np.ndarray, zoom: int) -> np.ndarray:
-    """uint8 [h, w, 3] -> [h * zoom, w * zoom, 3], nearest neighbour (crisp sprite pixels)."""
-    return np.repeat(np.repeat(tile, zoom, axis=0), zoom, axis=1) if zoom > 1 else tile

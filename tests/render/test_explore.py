@@ -249,3 +249,14 @@ def test_a_newer_checkpoint_in_the_input_run_renders_the_row_again(runs, tmp_pat
     newer = train_and_save(VAE(VAEConfig(image_size=S, latent_dim=2, nf=8)), tmp_path / "other", "vae", steps=4)
     shutil.copytree(newer / "checkpoint_000001", run / "checkpoint_000002")  # training wrote a newer one
     assert [r["request_id"] for r in plan_run(requests, config).todo] == ["g"]
+
+
+def test_a_zoom_whose_grid_exceeds_max_side_fails_before_drawing(explorer, runs):
+    from genlib.render.limits import LimitError, RenderLimits, row_budget
+
+    params = ExploreParams(mode="interpolate", steps=8, zoom=4096)  # ~1 million px wide: would exhaust memory
+    with row_budget(RenderLimits(max_side=2048)), pytest.raises(LimitError, match=r"ExploreParams.zoom: the output "
+                                                                    r"would be \d+x\d+ px, over limits.max_side"):
+        explorer(str(runs["dcgan"]), params)
+    with row_budget(RenderLimits(max_side=2048)):
+        assert explorer(str(runs["dcgan"]), ExploreParams(mode="interpolate", steps=8, zoom=2)).image.shape[1] < 2048

@@ -252,3 +252,11 @@ def test_a_newer_checkpoint_named_in_the_params_renders_the_row_again(run, tmp_p
     torch.save(data, state)  # a different state.pt (format 1: no marker -> hashed)
     (newer / "state.json").unlink()
     assert [r["request_id"] for r in plan_run(requests, config).todo] == ["p"]
+
+
+def test_a_zoom_whose_grid_exceeds_max_side_fails_before_sampling(renderer):
+    from genlib.render.limits import LimitError, RenderLimits, row_budget
+
+    with row_budget(RenderLimits(max_side=1024)), pytest.raises(LimitError, match="PixelCompleteParams.zoom: the "
+                                                                    "output would be"):
+        renderer(sprite(), PixelCompleteParams(samples=4, zoom=4096))

@@ -60,7 +60,7 @@ from genlib.config import ConfigError, from_dict, to_dict
 from genlib.data.corpus import Corpus, open_corpus
 from genlib.data.loader import batches_per_worker, make_loader
 from genlib.distributed.runtime import ray_session
-from genlib.eval.run import EvalConfig, evaluate_run
+from genlib.eval.run import EvalConfig, check_evaluable, evaluate_run
 from genlib.models.base import Family, unwrap
 from genlib.models.registry import build_family, resolve_model_config, spec
 from genlib.storage import Storage, absolute, join
@@ -131,6 +131,8 @@ def prepare_run(cfg: TrainConfig, resume: str | None = None,
     corpus = open_corpus(cfg.corpus)
     model_cfg = resolve_model_config(cfg.model, corpus)
     batches_per_worker(corpus.count("train"), cfg.per_worker_batch, cfg.num_workers, cfg.loader_workers)
+    if cfg.eval_every:
+        check_evaluable(cfg.family, corpus, quality_config(cfg))
     name = cfg.name or f"{cfg.family}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     storage_path = absolute(cfg.storage_path)
     run_dir = join(storage_path, name)
@@ -257,6 +259,11 @@ class ProgressPrinter:
                 if self.enabled:
                     print(progress_line(row, self.steps), flush=True)
                 self.last_step = int(row["step"])
+
+
+def quality_config(cfg: TrainConfig) -> EvalConfig:
+    """What ``eval_every`` measures: ``eval_samples`` images, quietly, in training-sized batches."""
+    return EvalConfig(samples=cfg.eval_samples, progress=False, batch_size=cfg.per_worker_batch)
 
 
 @contextmanager
@@ -608,8 +615,11 @@ class _Loop:
         """``genlib eval`` of the in-memory weights on rank 0 (records eval/step_*.json). It uses
         the unwrapped networks in eval mode and a frozen feature network, so it issues no
         collective; it runs at checkpoint steps, while the other ranks wait in ray.train.report."""
-        config = EvalConfig(samples=self.cfg.eval_samples, progress=False, batch_size=self.cfg.per_worker_batch)
-        record = evaluate_run(self.run_dir, family=self.family, step=step, config=config)
+        try:
+            record = evaluate_run(self.run_dir, family=self.family, step=step, config=quality_config(self.cfg))
+        except (ValueError, RuntimeError, OSError) as exc:  # an observer: a failed measurement never stops training
+            print(f"[train] step {step}: genlib eval failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            return {"q_error": 1.0}
         return {f"q_{k}": float(record[k]) for k in QUALITY_KEYS if isinstance(record.get(k), (int, float))}
 
     def _all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> None:

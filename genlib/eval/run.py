@@ -142,6 +142,7 @@ def evaluate_family(family: Family, corpus: str | Path | Corpus, step: int, conf
         raise ValueError("no corpus to evaluate on: pass --corpus DIR")
     corpus = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
     name = family_name(family)
+    check_evaluable(name, corpus, config)
     split, reason = choose_split(corpus, config.split)
     if config.progress:
         print(f"genlib eval: {name} at step {step} on {corpus.root}, split '{split}' ({reason})", file=sys.stderr)
@@ -162,10 +163,31 @@ def _own_rng(device: torch.device):
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
-    """``None``: the GPU when there is one, else the CPU."""
+    """``None``: the GPU when there is one, else the CPU; ValueError for a device this
+    machine does not have (``--device cuda`` on a CPU-only machine, a misspelt name)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r}: {exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: torch sees no CUDA device on this machine")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: genlib eval runs on cpu or cuda")
+    return resolved
+
+
+def check_evaluable(family: str, corpus: Corpus, config: EvalConfig) -> None:
+    """ValueError, before any work, when the held-out split is too small for ``family``'s
+    measures (DCGAN: precision/recall need more than ``pr_k`` images, FD/KID two)."""
+    split, _ = choose_split(corpus, config.split)
+    least = config.pr_k + 1 if family == "dcgan" else 1
+    n = min(config.samples, corpus.count(split))
+    if n < least:
+        raise ValueError(f"genlib eval of a {family} needs at least {least} held-out images; split '{split}' of "
+                         f"{corpus.root} gives {n} (samples = {config.samples}): build the corpus with a larger "
+                         f"test_fraction or val_fraction")
 
 
 def family_name(family: Family) -> str:

@@ -241,3 +241,10 @@ def test_resume_takes_the_stored_config_and_only_steps(faces_corpus, tmp_path, c
     assert "only --set steps=N (to extend it) may be given, not model.ngf" in capsys.readouterr().err
     assert main(["train", "--resume", run_dir, "--corpus", str(faces_corpus)]) == 2
     assert "not --corpus" in capsys.readouterr().err
+
+
+def test_eval_every_on_a_split_too_small_is_refused_before_training(faces_corpus, tmp_path):
+    """faces_corpus holds 4 held-out images: precision/recall (k = 3) need 4; 3 samples are too few."""
+    with pytest.raises(ValueError, match="needs at least 4 held-out images; split 'val' .* gives 3"):
+        prepare_run(dcgan_cfg(faces_corpus, tmp_path, eval_every=4, eval_samples=3))
+    prepare_run(dcgan_cfg(faces_corpus, tmp_path, eval_every=4, eval_samples=4))  # enough

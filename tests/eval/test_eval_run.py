@@ -192,3 +192,14 @@ def _faces(tmp_path: Path) -> Path:
 
     generate_demo_faces(tmp_path / "raw", count=8, size=32, seed=1)
     return build(tmp_path / "raw", tmp_path / "faces").out_dir
+
+
+def test_a_device_this_machine_lacks_is_a_one_line_error():
+    from genlib.eval.run import resolve_device
+
+    with pytest.raises(ValueError, match="--device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+    assert resolve_device("cpu").type == "cpu"

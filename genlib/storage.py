@@ -15,6 +15,7 @@ import fnmatch
 import hashlib
 import os
 import posixpath
+import stat
 import secrets
 from pathlib import Path
 from typing import BinaryIO
@@ -70,6 +71,33 @@ def write_atomic(path: str | Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_path(folder or ".")
+
+
+class NotRegularFile(Exception):
+    """A path that is not a regular file (a FIFO, socket, device or folder); the message says which."""
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a local ``path`` for reading only if it is a regular file (NotRegularFile otherwise).
+    O_NONBLOCK: opening a FIFO (even one swapped in after a check) returns at once instead of
+    waiting for a writer; the descriptor is closed on every error."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(file_kind(mode))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular ``st_mode`` is, e.g. "a FIFO, not a regular file"."""
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"))
+    what = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"{what}, not a regular file"
 
 
 def is_uri(path: str) -> bool:

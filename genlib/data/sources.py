@@ -43,6 +43,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from genlib.storage import NotRegularFile, file_kind, open_regular
+
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 MAX_DEPTH = 64  # folder levels below the input root that are read; real corpora use fewer than 10
 BLOCK = 1 << 20  # bytes per read while hashing or reading
@@ -165,7 +167,7 @@ def _scan_entry(child: str, entry: os.DirEntry, depth: int, top: str, stack: lis
         elif entry.is_file(follow_symlinks=False):
             yield from _scan_path(child, entry.path, max_bytes)
         else:
-            yield RawItem(child, reason="not_a_file", error=_kind(entry.stat(follow_symlinks=False).st_mode))
+            yield RawItem(child, reason="not_a_file", error=file_kind(entry.stat(follow_symlinks=False).st_mode))
     except OSError as exc:
         yield RawItem(child, reason="unreadable", error=f"cannot inspect: {exc.strerror or exc}")
 
@@ -189,7 +191,7 @@ def _scan_link(source: str, path: str, top: str, max_bytes: int) -> Iterator[Raw
     elif stat.S_ISREG(mode):
         yield from _scan_path(source, target, max_bytes)
     else:
-        yield RawItem(source, reason="not_a_file", error="symbolic link to " + _kind(mode))
+        yield RawItem(source, reason="not_a_file", error="symbolic link to " + file_kind(mode))
 
 
 def _scan_path(source: str, path: str, max_bytes: int) -> Iterator[RawItem]:
@@ -201,12 +203,12 @@ def _scan_path(source: str, path: str, max_bytes: int) -> Iterator[RawItem]:
 
 def _scan_file(source: str, path: str, max_bytes: int) -> RawItem:
     try:
-        with _open_regular(path) as f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size > max_bytes:
                 return _too_large(source, size, max_bytes)
             size, sha = _hash_stream(f, max_bytes)
-    except _NotRegular as exc:
+    except NotRegularFile as exc:
         return RawItem(source, reason="not_a_file", error=str(exc))
     except OSError as exc:
         return RawItem(source, reason="unreadable", error=f"cannot read file: {exc.strerror or exc}")
@@ -223,14 +225,14 @@ def _scan_archive(path: str, prefix: str, max_bytes: int) -> Iterator[RawItem]:
     scan_members = _scan_zip if path.lower().endswith(".zip") else _scan_tar
     try:
         yield from scan_members(path, prefix, name, max_bytes)
-    except _NotRegular as exc:
+    except NotRegularFile as exc:
         yield RawItem(name, reason="not_a_file", error=str(exc))
 
 
 def _scan_zip(path: str, prefix: str, name: str, max_bytes: int) -> Iterator[RawItem]:
     raw = None
     try:
-        raw = _open_regular(path)
+        raw = open_regular(path)
         archive = zipfile.ZipFile(raw)
     except READ_ERRORS as exc:
         if raw is not None:
@@ -270,7 +272,7 @@ def _scan_tar(path: str, prefix: str, name: str, max_bytes: int) -> Iterator[Raw
     saying where reading stopped, and the members before it are kept."""
     count, offset, problem = 0, 0, None
     try:
-        with _open_regular(path) as raw, tarfile.open(fileobj=raw, mode=_tar_mode(raw)) as archive:
+        with open_regular(path) as raw, tarfile.open(fileobj=raw, mode=_tar_mode(raw)) as archive:
             streamed = archive.fileobj is not raw  # compressed: no random access for workers
             for pos, member in enumerate(_tar_members(archive)):
                 item = _scan_tar_member(archive, member, pos, path, prefix, max_bytes, streamed)
@@ -366,7 +368,7 @@ def read_item(item: RawItem, max_bytes: int) -> bytes:
     ref = item.ref
     try:
         if ref.kind == "file":
-            with _open_regular(ref.path) as f:
+            with open_regular(ref.path) as f:
                 data = _read_capped(f, max_bytes)
         elif ref.kind == "zip":
             with _zip_member(ref.path, ref.pos) as f:
@@ -374,14 +376,14 @@ def read_item(item: RawItem, max_bytes: int) -> bytes:
         elif ref.kind == "tar":
             if ref.size > max_bytes:
                 raise _too_large_error(ref.size, max_bytes)
-            with _open_regular(ref.path) as f:
+            with open_regular(ref.path) as f:
                 f.seek(ref.pos)
                 data = f.read(ref.size)
             if len(data) != ref.size:
                 raise EOFError(f"the archive ends inside this member ({len(data)} of {ref.size} bytes)")
         else:
             raise Reject("unreadable", "compressed tar members come with their bytes (stream_members)")
-    except _NotRegular as exc:
+    except NotRegularFile as exc:
         raise Reject("not_a_file", str(exc)) from None
     except READ_ERRORS as exc:
         raise Reject("unreadable", f"cannot read: {exc}") from None
@@ -397,13 +399,13 @@ def stream_members(path: str, items: list[RawItem], max_bytes: int) -> Iterator[
     wanted = {item.ref.pos: item for item in items}
     detail = "the archive changed during the build: member not found"
     try:
-        with _open_regular(path) as raw, tarfile.open(fileobj=raw, mode=_tar_mode(raw)) as archive:
+        with open_regular(path) as raw, tarfile.open(fileobj=raw, mode=_tar_mode(raw)) as archive:
             for pos, member in enumerate(_tar_members(archive)):
                 if (item := wanted.pop(pos, None)) is not None:
                     yield replace(item, data=_read_capped(archive.extractfile(member), max_bytes))
                 if not wanted:
                     return
-    except (_NotRegular, *READ_ERRORS) as exc:
+    except (NotRegularFile, *READ_ERRORS) as exc:
         detail = f"cannot read the archive again: {exc}"
     for item in wanted.values():
         yield replace(item, reason="unreadable", error=detail)
@@ -421,31 +423,13 @@ def _zip_member(path: str, pos: int) -> BinaryIO:
             _, raw, archive = _ZIPS.pop(stale)
             archive.close()
             raw.close()
-        raw = _open_regular(path)
+        raw = open_regular(path)
         _ZIPS[path] = cached = (stamp, raw, zipfile.ZipFile(raw))
     archive = cached[2]
     return archive.open(archive.infolist()[pos])
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class _NotRegular(Exception):
-    """A path that is not a regular file (its message says what it is)."""
-
-
-def _open_regular(path: str) -> BinaryIO:
-    """Open ``path`` for reading only if it is a regular file. O_NONBLOCK: were a FIFO swapped
-    in after the walk looked, opening it returns at once instead of waiting for a writer."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _NotRegular(_kind(mode))
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _hash_stream(f: BinaryIO, max_bytes: int) -> tuple[int, str]:
@@ -476,13 +460,6 @@ def _too_large_error(size: int, max_bytes: int, exact: bool = True) -> Reject:
     """``exact``: ``size`` is the real size (from stat or a header), not where a read stopped."""
     amount = f"{size} bytes" if exact else f"more than {max_bytes} bytes"
     return Reject("too_large", f"{amount}: over the recipe's max_file_bytes ({max_bytes}); not read further")
-
-
-def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"))
-    what = next((name for test, name in kinds if test(mode)), "not a regular file")
-    return f"{what}, not a regular file"
 
 
 def _is_utf8(name: str) -> bool:

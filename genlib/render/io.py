@@ -34,7 +34,7 @@ from genlib.data.corpus import open_corpus
 from genlib.data.process import IMAGE_FORMATS, decode
 from genlib.render.base import RenderError
 from genlib.render.limits import current_limits
-from genlib.storage import Storage, is_uri
+from genlib.storage import NotRegularFile, Storage, is_uri, open_regular
 
 
 def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
@@ -50,13 +50,11 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
 
 
 def _read_local(path: str, cap: int) -> bytes:
-    # O_NONBLOCK: opening a FIFO for reading must not wait for a writer; fstat then refuses it.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise RenderError(f"{path}: not a regular file ({_file_type(mode)}); only regular files are read")
-        data = f.read(cap + 1)
+    try:
+        with open_regular(path) as f:  # never blocks on a FIFO; the descriptor is always closed
+            data = f.read(cap + 1)
+    except NotRegularFile as exc:
+        raise RenderError(f"{path}: {exc}; only regular files are read") from None
     _check_size(path, len(data), cap)
     return data
 
@@ -79,14 +77,6 @@ def _read_uri(uri: str, cap: int) -> bytes:
 def _check_size(where: str, size: int, cap: int) -> None:
     if size > cap:
         raise RenderError(f"{where}: larger than limits.max_input_bytes ({cap} bytes)")
-
-
-def _file_type(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a plain file"
 
 
 def fingerprints(uris: list[str]) -> dict[str, str | None]:

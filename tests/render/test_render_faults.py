@@ -142,7 +142,7 @@ def test_a_fifo_or_oversized_input_fails_its_row_without_blocking(images, tmp_pa
     Image.fromarray((np.random.default_rng(1).random((200, 200, 3)) * 255).astype(np.uint8)).save(noisy)
     rows[1] = normalise_requests([dream("bytes", str(noisy))])[0]  # ~120 kB of noise > 10 kB
     fifo_row, bytes_row, pixels_row = RenderRunner(cfg).render_rows(rows)
-    assert fifo_row["status"] == "failed" and "not a regular file (a FIFO)" in fifo_row["error"]
+    assert fifo_row["status"] == "failed" and "a FIFO, not a regular file" in fifo_row["error"]
     assert bytes_row["status"] == "failed" and "larger than limits.max_input_bytes (10000 bytes)" in bytes_row["error"]
     assert pixels_row["status"] == "failed" and "300x300 image is larger than limits.max_pixels" in pixels_row["error"]
 
@@ -485,3 +485,16 @@ def test_genlib_render_compact_alone_compacts_the_manifest(tmp_path, capsys):
     assert len(list((tmp_path / "manifest").glob("part-*.parquet"))) == 1
     assert read_manifest(str(tmp_path))["r0"]["finished_at"] == "4"
     assert "compacted" in capsys.readouterr().out
+
+
+def test_reading_a_folder_or_fifo_as_an_input_fails_without_leaking_descriptors(tmp_path):
+    from genlib.render.base import RenderError
+    from genlib.render.io import read_bytes
+
+    os.mkfifo(tmp_path / "pipe")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        for name, what in (("", "a folder"), ("pipe", "a FIFO")):
+            with pytest.raises(RenderError, match=f"{what}, not a regular file"):
+                read_bytes(str(tmp_path / name) if name else str(tmp_path))
+    assert len(os.listdir("/proc/self/fd")) == before

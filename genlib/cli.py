@@ -40,10 +40,13 @@ from genlib.render.config import RenderConfig
 from genlib.render.kinds import KINDS
 from genlib.render.manifest import compact_manifest
 from genlib.render.requests import load_requests, requests_from_inputs
+from genlib.storage import Storage
 from genlib.train.config import TrainConfig
 from genlib.train.report import write_report
+from genlib.train.rundir import RUN_JSON
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class UserError(Exception):
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"genlib: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:  # Ctrl-C: what was finished is saved (renders say how much); no traceback
+        print(f"genlib: {exc or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,11 +205,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UserError("give either --requests FILE or --kind with --input")
     requests = (load_requests(args.requests) if args.requests
                 else requests_from_inputs(args.kind, args.input, args.params))
-    try:
-        print(run_render(requests, config, address=args.ray_address))
-    except KeyboardInterrupt as exc:  # finished rows are saved by then; say so in one line
-        print(f"genlib: {exc or 'interrupted'}", file=sys.stderr)
-        return 130
+    print(run_render(requests, config, address=args.ray_address))
     return 0
 
 
@@ -263,8 +265,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    if not Path(args.run_dir).is_dir():
-        raise UserError(f"run folder not found: {args.run_dir}")
+    if not Storage(args.run_dir).is_file(RUN_JSON):
+        raise UserError(f"not a genlib run folder (no {RUN_JSON}): {args.run_dir}")
     print(write_report(args.run_dir))
     return 0
 

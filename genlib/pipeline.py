@@ -15,13 +15,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 
 from genlib.config import ConfigError, Fields, from_dict
 from genlib.data.build import build_corpus
 from genlib.data.corpus import open_corpus
 from genlib.data.recipe import CorpusRecipe
-from genlib.demo.assets import DEMO_RECIPE, paint_canvas
+from genlib.demo.assets import demo_recipe, paint_canvas
 from genlib.demo.faces import generate_demo_faces
 from genlib.distributed.render import run_render
 from genlib.distributed.runtime import ray_session
@@ -29,9 +28,10 @@ from genlib.distributed.train import TrainOutcome, run_training
 from genlib.render.backbones import BACKBONES
 from genlib.render.config import BackboneChoice, RenderConfig
 from genlib.render.completion import CompletionSettings
-from genlib.render.manifest import read_manifest
+from genlib.render.manifest import companion, extras_of, read_manifest
 from genlib.render.requests import normalise_requests
-from genlib.storage import Storage
+from genlib.images import encode_png
+from genlib.storage import Storage, write_atomic
 from genlib.train.config import TrainConfig
 from genlib.train.rundir import RunDir, read_metrics
 
@@ -99,7 +99,7 @@ def _stage_corpus(cfg: PipelineConfig, work: Path) -> Path:
     if not cfg.input and not raw.is_dir():
         paths = generate_demo_faces(raw, count=cfg.count, seed=cfg.seed)
         print(f"[1/4] drew {len(paths)} demo faces under {raw}")
-    recipe = from_dict(CorpusRecipe, cfg.recipe or DEMO_RECIPE)
+    recipe = from_dict(CorpusRecipe, cfg.recipe) if cfg.recipe else demo_recipe()
     result = build_corpus(raw, work / "corpus", recipe, force=True)
     print("[2/4] " + result.summary().replace("\n", "\n      "))
     return result.out_dir
@@ -141,7 +141,7 @@ def demo_requests(cfg: PipelineConfig, work: Path, corpus: Path) -> list[dict]:
     train = [r for r in index if r["split"] == "train"]
     style = work / "style-painting.png"
     if not style.is_file():
-        Image.fromarray(paint_canvas(256, cfg.seed)).save(style)
+        write_atomic(style, encode_png(paint_canvas(256, cfg.seed)))  # never a half-written painting
     masks = ["center", "half", "random_blocks"]
     rows = [{"request_id": f"complete-{r['key']}", "kind": "complete", "input": f"corpus://{corpus}#{r['key']}",
              "params": {"mask": masks[i % 3], "iterations": 300, "restarts": 4, "seed": i}}
@@ -175,7 +175,7 @@ def write_site(work: Path, corpus: Path, run_dir: Path, renders: Path) -> Path:
         renders="".join(_render_cell(r, renders, rel) for r in rows),
         ok=sum(r["status"] == "ok" for r in rows), total=len(rows), gallery=rel(renders / "gallery.html"))
     out = work / "report.html"
-    out.write_text(page)
+    write_atomic(out, page.encode())
     return out
 
 
@@ -201,7 +201,7 @@ def _render_cell(r: dict, renders: Path, rel) -> str:
     out = renders / r["output_uri"]
     if r["status"] != "ok" or not out.is_file():
         return f'<figure class="failed"><figcaption>{html.escape(r["request_id"])}: failed</figcaption></figure>'
-    inp = renders / r["output_uri"].replace(".png", ".input.png")
+    inp = renders / extras_of(r).get("input", companion(r["output_uri"], "input"))
     pair = "".join(f'<img src="{rel(p)}" alt="{html.escape(r["request_id"])} {n}">'
                    for n, p in (("input", inp), ("output", out)) if p.is_file())
     return f'<figure>{pair}<figcaption>{html.escape(r["kind"])}</figcaption></figure>'

@@ -67,3 +67,20 @@ def test_job_entrypoints_forward_to_the_cli(job):
                          text=True, check=True).stdout
     expected = {"build": "--recipe", "train": "--resume", "render": "--requests", "pipeline": "--workdir"}[job]
     assert "usage: genlib" in out and expected in out
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import genlib.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt("interrupted: 3 finished row(s) are in out/manifest/")
+
+    monkeypatch.setattr(cli, "cmd_report", interrupted)
+    assert main(["report", "runs/x"]) == 130
+    assert capsys.readouterr().err == "genlib: interrupted: 3 finished row(s) are in out/manifest/\n"
+
+
+def test_report_names_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a genlib run folder (no run.json)" in capsys.readouterr().err
+    assert main(["report", f"file://{tmp_path}/absent"]) == 2  # URIs are looked up through Storage

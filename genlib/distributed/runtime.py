@@ -78,9 +78,10 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
         return
     embedded = not (address or os.environ.get("RAY_ADDRESS"))  # else we only connected to a cluster
-    session_dir = current_session_dir() if embedded else None
-    previous = _raise_on_sigterm()
-    try:
+    session_dir, previous = None, None
+    try:  # from here on, whatever happens (even in this setup), the Ray we started is stopped
+        session_dir = current_session_dir() if embedded else None
+        previous = _raise_on_sigterm()
         yield
     finally:
         import ray  # lazy, as in init_ray

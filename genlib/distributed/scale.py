@@ -116,8 +116,10 @@ def run_scaling(base: TrainConfig, workers: list[int], mode: str = "strong", ste
     embedded one, or the cluster at ``address``/``RAY_ADDRESS``); write and return the record."""
     steps = steps or base.steps
     warmup = base.log_every if warmup is None else warmup
-    if not 0 <= warmup < steps:
-        raise ConfigError(f"--warmup {warmup}: must be >= 0 and below the {steps} steps")
+    first = -(-warmup // base.log_every) * base.log_every if warmup > 0 else 0  # first logged step >= warmup
+    if warmup < 0 or first >= steps:
+        raise ConfigError(f"--warmup {warmup}: must be >= 0 and leave a log window (log_every = {base.log_every}) "
+                          f"that starts at or after it, before step {steps}")
     out = absolute(out)
     configs = scale_configs(base, workers, mode, steps, out)
     with ray_session(address):

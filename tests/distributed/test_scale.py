@@ -106,6 +106,10 @@ def test_strong_scaling_one_and_two_workers(faces_corpus, tmp_path, local_ray, c
             "sample_every=6", "sample_count=4", "eval_batches=1", "model.ngf=8", "model.ndf=8", "model.nz=16"]
     sets = [x for s in sets for x in ("--set", s)]
 
+    # a warm-up that leaves no log window (log_every 2: the last window starts at step 4): refused up front
+    assert main([*args[:-1], "5", *sets, "--workers", "1", "--out", str(tmp_path / "late")]) == 2
+    assert "--warmup 5: must be >= 0 and leave a log window" in capsys.readouterr().err
+    assert not (tmp_path / "late" / "runs").exists()
     # 8 x 0.5 CPU do not fit the 2-CPU Ray: refused before any run starts.
     assert main([*args, *sets, "--workers", "1,8", "--out", str(tmp_path / "too-many")]) == 2
     assert "8 workers need CPU 4, but the Ray cluster has CPU 2" in capsys.readouterr().err

@@ -150,6 +150,8 @@ def requests_from_inputs(kind: str, inputs: list[str], params: Any = "{}") -> li
             raise RequestError(f"input not found: {item}")
     if not images:
         raise RequestError("no input images (pass --input FILE_OR_FOLDER)")
-    rows = [{"request_id": f"{kind}-{Path(uri).stem}-{i:05d}", "kind": kind, "input": uri, "params": params}
-            for i, uri in enumerate(images)]
+    # ids from the input itself (not its position in the listing): adding an image to the folder
+    # does not rename, and so re-render, the others
+    rows = [{"request_id": f"{kind}-{Path(uri).stem}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}",
+             "kind": kind, "input": uri, "params": params} for uri in dict.fromkeys(images)]
     return normalise_requests(rows, "--input")

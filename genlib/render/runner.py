@@ -138,12 +138,13 @@ class RenderRunner:
         done: dict[int, dict[str, Any]] = {}
         limits = self.config.limits
         for batch in batches:
-            start = time.perf_counter()
-            with row_budget(limits, limits.max_seconds * len(batch)), self._watched([rows[i] for i in batch]):
-                rendered = render_batch(renderer, kind, [items[i] for i in batch])
-            share = (time.perf_counter() - start) / len(batch)
-            for i, result in zip(batch, rendered):
-                done[i] = self._done(jobs[i], result, share)
+            with self._watched([rows[i] for i in batch]):  # rendering and saving: a hung write cannot hold the actor
+                start = time.perf_counter()
+                with row_budget(limits, limits.max_seconds * len(batch)):
+                    rendered = render_batch(renderer, kind, [items[i] for i in batch])
+                share = (time.perf_counter() - start) / len(batch)
+                for i, result in zip(batch, rendered):
+                    done[i] = self._done(jobs[i], result, share)
         return [done[i] for i in range(len(jobs))]
 
     def _done(self, job: _Job, result: RenderOutput | Exception, share: float) -> dict[str, Any]:

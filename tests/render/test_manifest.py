@@ -193,3 +193,15 @@ def test_the_vectorised_done_rule_agrees_with_is_done(tmp_path):
     expected = {r["request_id"] for r in requests if is_done(r, manifest, Storage(out), outputs)}
     table = done_rows(requests, latest_rows(read_table(out)), outputs)
     assert set(table["request_id"].to_pylist()) == expected == {"r0", "r2"}
+
+
+def test_on_the_fly_request_ids_do_not_depend_on_the_other_inputs(tmp_path):
+    from genlib.render.requests import requests_from_inputs
+
+    for name in ("b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"x")
+    before = {r["input"]: r["request_id"] for r in requests_from_inputs("style", [str(tmp_path)])}
+    (tmp_path / "a.png").write_bytes(b"x")  # sorts first: a position-based id would shift b and c
+    after = {r["input"]: r["request_id"] for r in requests_from_inputs("style", [str(tmp_path)])}
+    assert all(after[uri] == rid for uri, rid in before.items()) and len(after) == 3
+    assert before[str(tmp_path / "b.png")].startswith("style-b-")

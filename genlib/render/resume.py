@@ -49,7 +49,8 @@ def plan_run(requests: list[dict[str, Any]], config: Any) -> Plan:
         uri_kinds = {k for k in kinds if kind_of(k).input == "uri"}
         known = [r for r in rows if r["renderer_id"] is not None]  # unusable settings now: never "done"
         same = inputs_unchanged(done_rows(known, latest, list_outputs(config.output, kinds)),
-                                {r["request_id"] for r in known if r["kind"] in uri_kinds})
+                                {r["request_id"] for r in known if r["kind"] in uri_kinds},
+                                max_bytes=config.limits.max_input_bytes)
     todo = [r for r in rows if r["request_id"] not in same]
     return Plan(todo, [r for r in requests if r["request_id"] in same], ids)
 
@@ -66,10 +67,12 @@ def renderer_ids(config: Any, kinds: set[str]) -> dict[str, str | None]:
     return out
 
 
-def inputs_unchanged(candidates: pa.Table, uri_inputs: set[str] = frozenset()) -> set[str]:
+def inputs_unchanged(candidates: pa.Table, uri_inputs: set[str] = frozenset(),
+                     max_bytes: int | None = None) -> set[str]:
     """Request ids (of :func:`~genlib.render.manifest.done_rows`) whose input is the one their
     manifest row was rendered from. ``uri_inputs``: request ids of kinds whose input is a
-    run/checkpoint folder, compared by :func:`~genlib.render.identity.input_identity`."""
+    run/checkpoint folder, compared by :func:`~genlib.render.identity.input_identity`.
+    ``max_bytes``: the job's ``limits.max_input_bytes`` for the inputs that must be hashed again."""
     by_uri = pc.is_in(candidates["request_id"], value_set=pa.array(sorted(uri_inputs), pa.string()))
     same = {row["request_id"] for row in candidates.filter(by_uri).select(["request_id", "input", "input_sha256"])
             .to_pylist() if row["input_sha256"] is not None and input_identity(row["input"]) == row["input_sha256"]}
@@ -83,15 +86,15 @@ def inputs_unchanged(candidates: pa.Table, uri_inputs: set[str] = frozenset()) -
     same |= set(t.filter(same_mask)["request_id"].to_pylist())
     hashes: dict[str, str | None] = {}
     for row in t.filter(pc.invert(same_mask)).select(["request_id", "input", "input_sha256"]).to_pylist():
-        if _sha256(row["input"], hashes) == row["input_sha256"]:  # touched or copied, same bytes
+        if _sha256(row["input"], hashes, max_bytes) == row["input_sha256"]:  # touched or copied, same bytes
             same.add(row["request_id"])
     return same
 
 
-def _sha256(uri: str, cache: dict[str, str | None]) -> str | None:
+def _sha256(uri: str, cache: dict[str, str | None], max_bytes: int | None = None) -> str | None:
     if uri not in cache:
         try:
-            cache[uri] = hashlib.sha256(rio.read_bytes(uri)).hexdigest()
+            cache[uri] = hashlib.sha256(rio.read_bytes(uri, max_bytes)).hexdigest()
         except Exception:  # unreadable now: not "unchanged"; rendering it reports why
             cache[uri] = None
     return cache[uri]

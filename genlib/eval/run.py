@@ -38,7 +38,7 @@ from genlib.models.base import Family, bits_per_dim
 from genlib.models.registry import FAMILIES
 from genlib.render.completion import MaskCompletion
 from genlib.train.checkpoint import Checkpoint, load_checkpoint, load_family
-from genlib.train.rundir import RunDir
+from genlib.train.rundir import RunDir, to_uint8
 
 SPLIT_ORDER = ("test", "val", "train")  # the default: the first non-empty one
 IWAE_K = {"cuda": 64, "cpu": 16}        # default importance samples per image, by device type
@@ -232,12 +232,6 @@ def _bar(total: int, desc: str, config: EvalConfig) -> tqdm:
                 dynamic_ncols=True, leave=False)
 
 
-def _uint8(images: Tensor) -> list[np.ndarray]:
-    """``[B, 3, S, S]`` in [-1, 1] -> uint8 ``[S, S, 3]`` arrays (the corpus's own pixels)."""
-    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [a.permute(1, 2, 0).numpy() for a in arr]
-
-
 # ----------------------------------------------------------------------------- per family
 
 
@@ -287,7 +281,7 @@ def _completion(checkpoint: Checkpoint, corpus: Corpus, split: str, config: Eval
                 device: torch.device) -> dict[str, dict[str, float]]:
     completer = MaskCompletion(checkpoint.uri, device)
     n = min(config.samples, config.completion_images, corpus.count(split))
-    images = [im for batch in held_out(corpus, split, "image", n, config.batch_size) for im in _uint8(batch)]
+    images = [im for batch in held_out(corpus, split, "image", n, config.batch_size) for im in to_uint8(batch)]
     with _bar(3 * len(images), "completion", config) as bar:
         return evaluate_completion(completer, images, config.iterations, config.seed, tick=lambda: bar.update(1))
 

@@ -43,7 +43,8 @@ from PIL import Image
 from genlib.config import Fields
 from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
 from genlib.render.batching import render_jobs, single
-from genlib.render.masks import MASK_KINDS, contextual_weights, fit_mask, load_mask, make_mask, mask_image
+from genlib.render.masks import (MASK_KINDS, center_box, contextual_weights, fit_image, fit_mask, load_mask,
+                                 make_mask, mask_image)
 from genlib.render.optim import Snapshots, optimize_batch
 from genlib.render.poisson import poisson_blend
 from genlib.train.checkpoint import load_checkpoint, load_family
@@ -174,8 +175,8 @@ class MaskCompletion:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise RenderError(f"expected a uint8 RGB image [H, W, 3], got {getattr(image, 'dtype', type(image))} "
                               f"{tuple(getattr(image, 'shape', ()))}")
-        box = _square_box(*image.shape[:2])
-        y_img = _fit_image(image, box, self.image_size)  # uint8 [S, S, 3]
+        box = center_box(image.shape[:2], (1, 1))  # the centred square
+        y_img = fit_image(image, (self.image_size,) * 2, Image.Resampling.LANCZOS)  # uint8 [S, S, 3]
         known = self._mask(image.shape[:2], box, params, mask)  # bool [S, S]
         weights = torch.from_numpy(contextual_weights(known, params.window))[None, None].to(self.device)
         return _Completion(params, tuple(image.shape[:2]), y_img, known, to_tensor(y_img, self.device) * 2 - 1, weights)
@@ -330,23 +331,6 @@ def _key(params: CompletionParams) -> tuple:
 def _to_float_image(g: torch.Tensor) -> np.ndarray:
     """G's output [3, S, S] in [-1, 1] -> float64 [S, S, 3] in [0, 1]."""
     return ((g.float().cpu() + 1) / 2).clamp(0, 1).permute(1, 2, 0).double().numpy()
-
-
-def _square_box(h: int, w: int) -> tuple[int, int, int, int]:
-    """Centred square crop ``(left, top, right, bottom)`` of an ``h x w`` image."""
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return left, top, left + side, top + side
-
-
-def _fit_image(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """Centre-crop to ``box`` and resize (Lanczos) to ``size x size``; a new
-    (writable) uint8 [S, S, 3] array."""
-    left, top, right, bottom = box
-    crop = np.array(image[top:bottom, left:right])
-    if crop.shape[:2] == (size, size):
-        return crop
-    return np.array(Image.fromarray(crop).resize((size, size), Image.Resampling.LANCZOS))
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:

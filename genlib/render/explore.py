@@ -29,7 +29,6 @@ for normal ones.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,7 +44,7 @@ from genlib.render import io as rio
 from genlib.render.base import RenderError, RenderOutput, to_image
 from genlib.render.limits import check_output
 from genlib.render.masks import fit_image
-from genlib.train.checkpoint import load_checkpoint, load_family, resolve_checkpoint
+from genlib.train.checkpoint import FamilyCache
 
 MODES = ("interpolate", "traverse", "grid", "arithmetic")
 CACHE_SIZE = 4  # loaded models kept per renderer
@@ -166,7 +165,7 @@ class LatentExplorer:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.weights_id = "unknown"  # of the last model used; each row records its own in info
-        self._models: OrderedDict[str, tuple[Family, str]] = OrderedDict()
+        self._models = FamilyCache(self.device, expect=("dcgan", "vae"), size=CACHE_SIZE)
 
     @classmethod
     def from_settings(cls, settings: ExploreSettings, device: torch.device | str = "cpu") -> LatentExplorer:
@@ -176,17 +175,7 @@ class LatentExplorer:
         """(DCGAN or VAE with networks in eval mode, weights id) of a run/checkpoint folder, loaded once."""
         if not isinstance(uri, str) or not uri:
             raise RenderError("kind 'explore' takes a DCGAN/VAE run or checkpoint folder as its input")
-        folder = resolve_checkpoint(uri)
-        if folder not in self._models:
-            loaded = load_checkpoint(folder)
-            family = load_family(loaded, self.device, expect=("dcgan", "vae"))
-            for net in family.networks.values():
-                net.eval().requires_grad_(False)  # BatchNorm on running statistics: decodes do not interact
-            self._models[folder] = (family, loaded.weights_id)
-            if len(self._models) > CACHE_SIZE:
-                self._models.popitem(last=False)
-        self._models.move_to_end(folder)
-        return self._models[folder]
+        return self._models.get(uri)  # eval mode: BatchNorm on running statistics, decodes do not interact
 
     def __call__(self, uri: str, params: ExploreParams) -> RenderOutput:
         """Render ``params.mode`` for the model in ``uri`` as one grid image."""

@@ -142,14 +142,15 @@ def center_box(shape: tuple[int, int], target: tuple[int, int]) -> tuple[int, in
     return left, top, left + cw, top + ch
 
 
-def fit_image(image: np.ndarray, target: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [h, w, 3]: :func:`center_box` crop, then BOX (area) resize, which
-    keeps flat sprite colours flat when shrinking; a copy when no resizing is needed."""
+def fit_image(image: np.ndarray, target: tuple[int, int],
+              resample: Image.Resampling = Image.Resampling.BOX) -> np.ndarray:
+    """uint8 [H, W, 3] -> a new (writable) uint8 [h, w, 3]: :func:`center_box` crop, then a resize
+    (default BOX, i.e. area, which keeps flat sprite colours flat when shrinking; photos use LANCZOS)."""
     left, top, right, bottom = center_box(image.shape[:2], target)
     crop = np.array(image[top:bottom, left:right])
     if crop.shape[:2] == tuple(target):
         return crop
-    return np.asarray(Image.fromarray(crop).resize((target[1], target[0]), Image.Resampling.BOX))
+    return np.array(Image.fromarray(crop).resize((target[1], target[0]), resample))
 
 
 def fit_mask(mask: np.ndarray, box: tuple[int, int, int, int], size: int | tuple[int, int]) -> np.ndarray:

@@ -35,7 +35,6 @@ to its newest complete checkpoint, so a run that saved a newer one is reloaded).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +49,7 @@ from genlib.models.pixelrnn import PixelRNN
 from genlib.render.base import RenderError, RenderOutput
 from genlib.render.limits import check_output
 from genlib.render.masks import center_box, fit_image, fit_mask, load_mask, mask_image
-from genlib.train.checkpoint import load_checkpoint, load_family, resolve_checkpoint
+from genlib.train.checkpoint import FamilyCache
 
 MASKS = ("top_half", "rows", "pixels")
 HIDDEN_GREY = 128  # colour of hidden pixels in the "masked input" tile
@@ -113,7 +112,7 @@ class PixelCompletion:
         self.default_checkpoint = checkpoint
         self.device = torch.device(device)
         self.weights_id = "unknown"  # of the last model used; each row records its own in info
-        self._models: OrderedDict[str, tuple[PixelRNN, str]] = OrderedDict()
+        self._models = FamilyCache(self.device, expect=("pixelrnn",), size=CACHE_SIZE)
 
     @classmethod
     def from_settings(cls, settings: PixelCompleteSettings, device: torch.device | str = "cpu") -> PixelCompletion:
@@ -125,18 +124,10 @@ class PixelCompletion:
         if not path:
             raise RenderError("kind 'pixel_complete' needs a PixelRNN checkpoint: set params.checkpoint "
                               "or pixel_complete.checkpoint (a training run or checkpoint folder)")
-        folder = resolve_checkpoint(path)
-        if folder not in self._models:
-            loaded = load_checkpoint(folder)
-            family = load_family(loaded, self.device, expect=("pixelrnn",))
-            if family.config.palette is None:
-                raise RenderError(f"{folder}: the PixelRNN has no palette (train it on a palette corpus)")
-            family.net.eval().requires_grad_(False)
-            self._models[folder] = (family, loaded.weights_id)
-            if len(self._models) > CACHE_SIZE:
-                self._models.popitem(last=False)
-        self._models.move_to_end(folder)
-        return self._models[folder]
+        entry = self._models.get(path)  # (family, weights id), the cached pair
+        if entry[0].config.palette is None:
+            raise RenderError(f"{path}: the PixelRNN has no palette (train it on a palette corpus)")
+        return entry
 
     def __call__(self, image: np.ndarray, params: PixelCompleteParams) -> RenderOutput:
         """Complete uint8 [H, W, 3] ``image``; the output is the grid described in the module doc."""

@@ -34,6 +34,7 @@ import io
 import json
 import posixpath
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,31 @@ def load_family(checkpoint: Checkpoint, device: torch.device | str = "cpu",
     return family
 
 
+class FamilyCache:
+    """Trained families for inference, by the checkpoint folder a path resolves to (a newer
+    checkpoint in a run folder is a new entry); the ``size`` most recently used are kept.
+    Networks are in eval mode (BatchNorm on running statistics) without parameter gradients."""
+
+    def __init__(self, device: torch.device | str = "cpu", expect: tuple[str, ...] | None = None,
+                 size: int = 4) -> None:
+        self.device, self.expect, self.size = device, expect, size
+        self._families: OrderedDict[str, tuple[Family, str]] = OrderedDict()
+
+    def get(self, path: str | Path) -> tuple[Family, str]:
+        """``(family, weights_id)`` of the newest complete checkpoint under ``path``."""
+        folder = resolve_checkpoint(path)
+        if folder not in self._families:
+            loaded = load_checkpoint(folder)
+            family = load_family(loaded, self.device, expect=self.expect)
+            for net in family.networks.values():
+                net.eval().requires_grad_(False)
+            self._families[folder] = (family, loaded.weights_id)
+            if len(self._families) > self.size:
+                self._families.popitem(last=False)
+        self._families.move_to_end(folder)
+        return self._families[folder]
+
+
 def _split(path: str) -> tuple[str, str]:
     if is_uri(path):
         return posixpath.split(path)
@@ -207,5 +233,5 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
-__all__ = ["STATE_FILE", "MARKER_FILE", "FORMAT", "Checkpoint", "CheckpointError", "save_state",
+__all__ = ["STATE_FILE", "MARKER_FILE", "FORMAT", "Checkpoint", "CheckpointError", "FamilyCache", "save_state",
            "resolve_checkpoint", "incomplete_reason", "load_checkpoint", "read_state", "load_family"]

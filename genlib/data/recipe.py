@@ -29,6 +29,7 @@ class PaletteConfig:
 
     def __post_init__(self) -> None:
         check = Fields(self)
+        check.integer("seed", low=0)
         check.require("colors", is_int(self.colors) and (self.colors == 0 or 2 <= self.colors <= 256),
                       "must be 0 (off) or an integer in [2, 256]")
         check.integer("sample_pixels", low=1000)
@@ -94,6 +95,7 @@ class CorpusRecipe:
 
     def __post_init__(self) -> None:
         check = Fields(self)
+        check.integer("seed", low=0)
         check.text("name")
         check.require("name", not any(c in self.name for c in "/\\ .%"),
                       "must not contain '/', '\\', ' ', '.' or '%'")

@@ -72,7 +72,6 @@ from genlib.train.rundir import METRICS_CSV, RunDir, read_metrics
 FAIL_MARKER = ".fail_at_step.done"
 RANKS = "ranks"                         # per-rank records: ranks/rank-000.json, ...
 PHASES = ("data", "compute", "allreduce", "report")
-IMAGE_COUNT_KEYS = ("n_images", "num_images")  # Family.evaluate's image count (DCGAN/VAE, PixelRNN)
 PROGRESS_KEYS = ("loss", "loss_d", "loss_g", "nelbo", "bits_per_dim", "val_bits_per_dim", "q_fd", "q_kid",
                  "q_bits_per_dim", "images_per_s")
 # genlib eval keys copied into metrics.csv as q_<key> at eval_every steps (the full record is in eval/)
@@ -330,7 +329,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _ddp(net: nn.Module, device: torch.device, comm: "CommTimer") -> nn.Module:
-    from torch.nn.parallel import DistributedDataParallel
+    from torch.nn.parallel import DistributedDataParallel  # lazy: torch.distributed, only multi-rank runs
 
     if not any(p.requires_grad for p in net.parameters()):
         return net
@@ -551,7 +550,7 @@ class _Loop:
         reporting each log step would throttle fast (GPU) steps to one window per 2 s."""
         row = {"step": step, "epoch": (step - 1) // len(self.loader), **self._averaged(step)}
         if evaluate:
-            row.update({f"val_{k}": v for k, v in self._evaluate().items() if k not in IMAGE_COUNT_KEYS})
+            row.update({f"val_{k}": v for k, v in self._evaluate().items() if k != "n_images"})
         if self.rank == 0:
             if sample:
                 self.run_dir.save_samples(self._samples(), step)
@@ -604,12 +603,11 @@ class _Loop:
         if count.item() == 0:
             return {}
         metrics = self.family.evaluate(batches[:int(count.item())])
-        name = next(k for k in IMAGE_COUNT_KEYS if k in metrics)
-        keys = sorted(k for k in metrics if k != name)
-        n = metrics[name]
+        keys = sorted(k for k in metrics if k != "n_images")  # Family.evaluate: per-image means + their count
+        n = metrics["n_images"]
         sums = torch.tensor([metrics[k] * n for k in keys] + [n], dtype=torch.float64, device=self.device)
         self._all_reduce(sums)
-        return {**{k: v / sums[-1].item() for k, v in zip(keys, sums[:-1].tolist())}, name: sums[-1].item()}
+        return {**{k: v / sums[-1].item() for k, v in zip(keys, sums[:-1].tolist())}, "n_images": sums[-1].item()}
 
     def _quality(self, step: int) -> dict[str, float]:
         """``genlib eval`` of the in-memory weights on rank 0 (records eval/step_*.json). It uses

@@ -321,7 +321,7 @@ def measure_pixelrnn(family: Family, corpus: Corpus, split: str, config: EvalCon
     unigram = torch.cat([unigram_bits(b, counts, n_train) for b in batches]).mean()
     return {"nll_nats": metrics["nll_nats"], "bits_per_dim": metrics["bits_per_dim"],
             "baseline_uniform_bpd": uniform_bits(k), "baseline_unigram_bpd": float(unigram),
-            "num_colors": k, "n_images": int(metrics["num_images"]), "n_train": n_train}
+            "num_colors": k, "n_images": int(metrics["n_images"]), "n_train": n_train}
 
 
 MEASURES = {"dcgan": measure_dcgan, "vae": measure_vae, "pixelrnn": measure_pixelrnn}  # by family name

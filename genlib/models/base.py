@@ -181,8 +181,8 @@ class Family(ABC):
     @abstractmethod
     @torch.no_grad()
     def evaluate(self, batches: Iterable[Batch]) -> Metrics:
-        """Average metrics over a validation stream (NLL in nats/image and
-        bits/dim where the family has a likelihood)."""
+        """Per-image means of metrics over a validation stream (NLL in nats/image and
+        bits/dim where the family has a likelihood), plus ``n_images``, their count."""
 
     # -- distribution hooks ---------------------------------------------
     def wrap(self, fn: Callable[[nn.Module], nn.Module]) -> None:

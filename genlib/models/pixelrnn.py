@@ -498,7 +498,7 @@ class PixelRNN(Family):
         """Exact NLL over all images in ``batches`` (eval mode, no grad).
 
         Returns ``nll_nats`` (mean nats/image), ``bits_per_dim``, ``loss``
-        (mean nats/pixel) and ``num_images`` (for weighting across shards).
+        (mean nats/pixel) and ``n_images`` (for weighting across shards), as every family.
         Uses the unwrapped network, so it issues no collectives.
         """
         net = unwrap(self.net)
@@ -514,7 +514,7 @@ class PixelRNN(Family):
             net.train(was_training)
         if images == 0:
             raise ValueError("evaluate() received no images")
-        return {**self._metrics(total / images / self.pixels), "num_images": float(images)}
+        return {**self._metrics(total / images / self.pixels), "n_images": float(images)}
 
     # -- sampling -----------------------------------------------------------
     def _canvas(self, n: int, given: torch.Tensor | None,

@@ -36,10 +36,20 @@ class RenderOutput:
     frames: list[np.ndarray] = field(default_factory=list)  # progress snapshots, uint8 [H, W, 3], oldest first
 
 
+HIDDEN_GREY = 128  # colour of unknown (hole, hidden) pixels in "masked input" pictures
+
+
+def check_image(image: Any) -> np.ndarray:
+    """``image`` if it is a uint8 RGB array [H, W, 3] (the contract above), else RenderError."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise RenderError(f"expected a uint8 RGB image [H, W, 3], got {getattr(image, 'dtype', type(image))} "
+                          f"{tuple(getattr(image, 'shape', ()))}")
+    return image
+
+
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 [H, W, 3] -> float [1, 3, H, W] in [0, 1]."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise RenderError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {tuple(image.shape)}")
+    check_image(image)
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div(255).to(device)  # copy: writable
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from genlib.config import Fields
-from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
+from genlib.render.base import HIDDEN_GREY, RenderError, RenderOutput, check_image, to_image, to_tensor
 from genlib.render.batching import render_jobs, single
 from genlib.render.masks import (MASK_KINDS, center_box, contextual_weights, fit_image, fit_mask, load_mask,
                                  make_mask, mask_image)
@@ -49,7 +49,6 @@ from genlib.render.optim import Snapshots, optimize_batch
 from genlib.render.poisson import poisson_blend
 from genlib.train.checkpoint import load_checkpoint, load_family
 
-GREY = 128  # placeholder value of hole pixels in the "masked_input" extra
 
 
 @dataclass
@@ -172,9 +171,7 @@ class MaskCompletion:
 
     def _job(self, image: np.ndarray, params: CompletionParams, mask: np.ndarray | None) -> _Completion:
         """A row checked and prepared: the image and mask at model size, its contextual weights."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise RenderError(f"expected a uint8 RGB image [H, W, 3], got {getattr(image, 'dtype', type(image))} "
-                              f"{tuple(getattr(image, 'shape', ()))}")
+        check_image(image)
         box = center_box(image.shape[:2], (1, 1))  # the centred square
         y_img = fit_image(image, (self.image_size,) * 2, Image.Resampling.LANCZOS)  # uint8 [S, S, 3]
         known = self._mask(image.shape[:2], box, params, mask)  # bool [S, S]
@@ -201,7 +198,7 @@ class MaskCompletion:
             iterations=len(job.history),
             frames=[*job.snaps.frames, output] if job.snaps else [],
             extras={"mask": mask_image(job.known), "generated": _to_uint8(generated),
-                    "masked_input": np.where(job.known[..., None], job.y_img, np.uint8(GREY))},
+                    "masked_input": np.where(job.known[..., None], job.y_img, np.uint8(HIDDEN_GREY))},
             info={"weights_id": self.weights_id, "restart": best,
                   "restart_losses": job.terms["total"].tolist(), "history": job.history,
                   "original_size": job.original_size, "size": (self.image_size,) * 2,

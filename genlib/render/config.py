@@ -104,6 +104,8 @@ class RenderConfig:
         for name in ("actors", "batch_size", "threads_per_actor", "max_attempts"):
             check.integer(name, low=1)
         check.integer("compact_parts", low=0)
+        for name in ("use_gpu", "batch_renders", "force", "compact", "die_on_request_always"):
+            check.boolean(name)
         check.number("cpus_per_actor", above=0)
         check.number("gpus_per_actor", above=0)
         if self.completion_checkpoint and not self.complete.checkpoint:

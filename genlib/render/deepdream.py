@@ -157,7 +157,7 @@ class DreamParams:
         for name, low in (("octaves", 1), ("iterations", 1), ("jitter", 0), ("tile", 32), ("size", 32),
                           ("border", 0), ("snapshot_every", 0)):
             check.integer(name, low=low)
-        check.integer("seed")
+        check.integer("seed", low=0)
         check.number("octave_scale", above=1.0, as_float=True)
         check.number("step", above=0.0, as_float=True)
         check.number("max_loss", optional=True, as_float=True)

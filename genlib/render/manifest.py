@@ -116,9 +116,9 @@ def read_table(output: str, columns: tuple[str, ...] | None = None) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def read_manifest(output: str, columns: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:
+def read_manifest(output: str) -> dict[str, dict[str, Any]]:
     """request_id -> its latest manifest row (empty when there is no manifest yet)."""
-    return {r["request_id"]: r for r in latest_rows(read_table(output, columns)).to_pylist()}
+    return {r["request_id"]: r for r in latest_rows(read_table(output)).to_pylist()}
 
 
 def latest_rows(table: pa.Table) -> pa.Table:
@@ -182,17 +182,14 @@ def is_done(request: dict[str, Any], manifest: dict[str, dict[str, Any]], storag
     return storage.is_file(row["output_uri"])
 
 
-def done_rows(requests: list[dict[str, Any]], latest: pa.Table, outputs: set[str],
-              renderer_ids: dict[str, str | None] | None = None) -> pa.Table:
+def done_rows(requests: list[dict[str, Any]], latest: pa.Table, outputs: set[str]) -> pa.Table:
     """:func:`is_done` for many requests at once: the rows of ``latest`` (one per request_id,
     DONE_COLUMNS at least) that make their request done, plus the request's ``input`` column.
-    Same rule as is_done with an ``outputs`` listing; ``renderer_ids`` (kind -> id) stands for
-    the requests' own ``renderer_id``."""
-    rid = (lambda r: renderer_ids.get(r["kind"])) if renderer_ids is not None else (lambda r: r.get("renderer_id"))
+    Same rule as is_done with an ``outputs`` listing."""
     want = pa.table({"request_id": pa.array([r["request_id"] for r in requests], pa.string()),
                      "input": pa.array([r["input"] for r in requests], pa.string()),
                      "want_params": pa.array([r["params_hash"] for r in requests], pa.string()),
-                     "want_renderer": pa.array([rid(r) for r in requests], pa.string())})
+                     "want_renderer": pa.array([r.get("renderer_id") for r in requests], pa.string())})
     j = want.join(latest, "request_id", join_type="inner")
     same_renderer = pc.or_kleene(pc.is_null(j["want_renderer"]), pc.equal(j["renderer_id"], j["want_renderer"]))
     present = pc.and_(pc.is_in(j["output_uri"], value_set=pa.array(list(outputs), pa.string())),

@@ -46,13 +46,12 @@ from genlib.config import Fields
 from genlib.data.palette import quantize
 from genlib.images import grid_shape, image_grid, zoom
 from genlib.models.pixelrnn import PixelRNN
-from genlib.render.base import RenderError, RenderOutput
+from genlib.render.base import HIDDEN_GREY, RenderError, RenderOutput, check_image
 from genlib.render.limits import check_output
 from genlib.render.masks import center_box, fit_image, fit_mask, load_mask, mask_image
 from genlib.train.checkpoint import FamilyCache
 
 MASKS = ("top_half", "rows", "pixels")
-HIDDEN_GREY = 128  # colour of hidden pixels in the "masked input" tile
 MAX_COLUMNS = 10   # grid width in tiles (input, masked input, then samples; wraps after this)
 CACHE_SIZE = 4     # loaded models kept per renderer
 
@@ -131,9 +130,7 @@ class PixelCompletion:
 
     def __call__(self, image: np.ndarray, params: PixelCompleteParams) -> RenderOutput:
         """Complete uint8 [H, W, 3] ``image``; the output is the grid described in the module doc."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise RenderError(f"expected a uint8 RGB image [H, W, 3], got {getattr(image, 'dtype', type(image))} "
-                              f"{tuple(getattr(image, 'shape', ()))}")
+        check_image(image)
         family, weights_id = self.model(params.checkpoint)
         self.weights_id = weights_id
         shape = (family.config.height, family.config.width)

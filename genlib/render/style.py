@@ -162,6 +162,7 @@ class StyleParams:
 
     def __post_init__(self) -> None:
         check = Fields(self)
+        check.integer("seed", low=0)
         self._check_styles(check)
         check.number("content_weight", low=0)
         check.number("style_weight", low=0, optional=True)

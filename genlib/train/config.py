@@ -77,6 +77,9 @@ class TrainConfig:
         for name in ("loader_workers", "eval_batches", "eval_every", "max_failures", "fail_at_step"):
             check.integer(name, low=0)
         check.integer("collective_timeout_s", low=1)
+        check.integer("seed", low=0)
+        for name in ("use_gpu", "compile", "sync_bn_standin"):
+            check.boolean(name)
         check.require("eval_every", self.eval_every % self.checkpoint_every == 0,
                       f"must be a multiple of checkpoint_every = {self.checkpoint_every} (evaluation runs at "
                       f"checkpoints, while the other ranks wait)")

@@ -157,7 +157,7 @@ def test_bits_per_dim_consistent():
     with torch.no_grad():
         idx = torch.cat([b["index"] for b in batches])
         total = F.cross_entropy(fam.net(idx), idx, reduction="sum").item()
-    assert ev["num_images"] == 6
+    assert ev["n_images"] == 6
     assert ev["nll_nats"] == pytest.approx(total / 6, rel=1e-5)
     assert ev["bits_per_dim"] == pytest.approx(total / 6 / (H * W * math.log(2)), rel=1e-5)
     assert fam.nll_per_image(idx).shape == (6,)

@@ -12,7 +12,8 @@ from PIL import Image
 from genlib.config import ConfigError, from_dict
 from genlib.models.dcgan import DCGAN, DCGANConfig
 from genlib.render.base import RenderError, to_image
-from genlib.render.completion import GREY, CompletionParams, MaskCompletion
+from genlib.render.base import HIDDEN_GREY as GREY
+from genlib.render.completion import CompletionParams, MaskCompletion
 from genlib.train.checkpoint import CheckpointError
 from genlib.render.masks import contextual_weights, fit_mask, load_mask, make_mask, mask_image
 

@@ -95,7 +95,7 @@ def test_octave_shapes_smallest_first_and_too_small_ones_dropped():
     ("iterations", 2.5, "must be an integer >= 1"), ("step", 0.0, "must be a finite number > 0.0"),
     ("step", -0.1, "must be a finite number > 0.0"), ("max_loss", float("inf"), "must be a finite number (or None)"),
     ("jitter", -1, "must be an integer >= 0"), ("tile", 16, "must be an integer >= 32"),
-    ("size", 0, "must be an integer >= 32"), ("seed", True, "must be an integer"),
+    ("size", 0, "must be an integer >= 32"), ("seed", True, "must be an integer >= 0"), ("seed", -1, "must be an integer >= 0"),
     ("layers", {}, "must be a non-empty table of tap -> weight"),
     ("layers", ["mixed3"], "must be a non-empty table of tap -> weight"),
     ("layers", {"mixed3": 0.0}, "at least one weight must be non-zero"),

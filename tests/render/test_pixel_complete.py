@@ -23,7 +23,8 @@ from genlib.models.dcgan import DCGAN, DCGANConfig
 from genlib.models.pixelrnn import PixelRNN, PixelRNNConfig
 from genlib.render.base import RenderError
 from genlib.render.config import RenderConfig
-from genlib.render.pixel_complete import HIDDEN_GREY, PixelCompleteParams, PixelCompletion
+from genlib.render.base import HIDDEN_GREY
+from genlib.render.pixel_complete import PixelCompleteParams, PixelCompletion
 from genlib.render.requests import normalise_requests
 from genlib.render.runner import RenderRunner
 from genlib.train.checkpoint import save_state

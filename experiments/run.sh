@@ -60,6 +60,8 @@ exp_dcgan_faces32() {
   train dcgan "$CONFIGS/dcgan-faces32.toml" faces32
   step "eval completion" "$GENLIB" eval "$OUT/$EXP/runs/dcgan" --completion --samples 16 --iterations 300 \
     --device cpu --quiet
+  # FD/KID/precision/recall of the final checkpoint on the whole test split, merged into that step's record
+  step "eval fd" "$GENLIB" eval "$OUT/$EXP/runs/dcgan" --device cpu --quiet
   "$PYTHON" experiments/collect.py requests "$OUT/$EXP/completion.jsonl" complete "$OUT/corpora/faces32" test 9 \
     '{"iterations": 600, "restarts": 8, "snapshot_every": 60}'
   render "$OUT/$EXP/completion.jsonl" --set complete.checkpoint="\"$OUT/$EXP/runs/dcgan\""

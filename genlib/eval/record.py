@@ -5,6 +5,7 @@ Layout inside a run folder (see :mod:`genlib.train.rundir`)::
     <run>/
         eval.json                 # the latest evaluation (one record, written last)
         eval/step_000300.json     # one record per evaluated checkpoint step
+        eval/replaced/step_000300-<sha256[:12]>.json  # earlier figures a later eval of the step changed
 
 A record is one JSON object. Scripts may rely on the key names below; more keys
 may be added, none is renamed. Every metric is per image unless it says
@@ -40,6 +41,7 @@ train split, add-one smoothed), ``num_colors``, ``n_images``, ``n_train``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import Any, Iterator
@@ -49,6 +51,7 @@ from genlib.storage import Storage
 RECORD_FORMAT = 1
 EVAL_JSON = "eval.json"
 EVAL_DIR = "eval"
+REPLACED_DIR = "replaced"
 # Keys that must agree for two records of one step to describe the same evaluation
 # (then a later one, e.g. ``--completion`` only, is merged into the earlier one).
 IDENTITY = ("family", "step", "checkpoint_sha256", "corpus_id", "split")
@@ -75,6 +78,13 @@ def merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     if old and all(old.get(k) == new.get(k) for k in IDENTITY):
         return {**old, **new}
     return dict(new)
+
+
+def replaced_file(step: int, text: str) -> str:
+    """Where a step's record is kept when a later evaluation changes its figures (named
+    by its content: keeping one record twice writes one file)."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"{EVAL_DIR}/{REPLACED_DIR}/step_{int(step):06d}-{digest}.json"
 
 
 def dumps(record: dict[str, Any]) -> str:

@@ -89,10 +89,16 @@ class RunDir:
 
     def save_eval(self, record: dict[str, Any]) -> str:
         """Write an eval record (:mod:`genlib.eval.record`) to ``eval/step_NNNNNN.json``
-        (merged into an earlier record of the same evaluation) and ``eval.json``."""
+        (merged into an earlier record of the same evaluation) and ``eval.json``. An earlier
+        record whose figures would change (other weights, corpus, split or sample count) is
+        kept in ``eval/replaced/``: a later ``genlib eval`` of the checkpoint does not erase
+        what was measured during training."""
         rel = eval_record.step_file(record["step"])
-        old = json.loads(self.storage.read_text(rel)) if self.storage.is_file(rel) else None
+        old_text = self.storage.read_text(rel) if self.storage.is_file(rel) else None
+        old = _json_object(old_text)
         merged = eval_record.merge(old, record)
+        if old_text is not None and (old is None or any(merged.get(k) != v for k, v in old.items())):
+            self.storage.write_text(eval_record.replaced_file(record["step"], old_text), old_text)
         text = eval_record.dumps(merged)
         self.storage.write_text(rel, text)
         self.storage.write_text(eval_record.EVAL_JSON, text)  # last: the latest evaluation
@@ -188,3 +194,12 @@ def _num(value: str) -> Any:
             return float(value)
         except ValueError:
             return value
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    """``text`` parsed when it is a JSON object, else None (a broken record is replaced, kept aside)."""
+    try:
+        value = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -137,9 +137,14 @@ def test_eval_records_per_step_merge_and_latest(tmp_path):
     run.save_eval(eval_record(5, completion={"half": {"psnr": 20.0}}))  # same evaluation: merged
     merged = json.loads((tmp_path / "eval" / "step_000005.json").read_text())
     assert merged["fd"] == 10.0 and merged["completion"]["half"]["psnr"] == 20.0
+    assert not (tmp_path / "eval" / "replaced").exists()  # nothing changed: nothing kept aside
     run.save_eval(eval_record(5, sha="b" * 64, fd=7.0))  # other weights at that step: replaced
     replaced = json.loads((tmp_path / "eval" / "step_000005.json").read_text())
     assert replaced["fd"] == 7.0 and "completion" not in replaced
+    kept = [json.loads(p.read_text()) for p in (tmp_path / "eval" / "replaced").glob("step_000005-*.json")]
+    assert kept == [merged]  # the training-time figures are kept, not lost
+    run.save_eval(eval_record(5, sha="b" * 64, fd=7.0))  # the same figures again: nothing more kept
+    assert len(list((tmp_path / "eval" / "replaced").iterdir())) == 1
     run.save_eval(eval_record(2, fd=float("nan")))  # older step evaluated later: eval.json is the latest call
     assert json.loads((tmp_path / "eval.json").read_text())["step"] == 2
     assert json.loads((tmp_path / "eval" / "step_000002.json").read_text())["fd"] is None  # strict JSON

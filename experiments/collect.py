@@ -4,6 +4,7 @@
     collect.py requests FILE KIND CORPUS SPLIT N PARAMS    # N requests over the first N samples of SPLIT
     collect.py explore FILE RUN FAMILY [RUN_2D CORPUS]     # latent-exploration requests of a run
     collect.py summary OUT_DIR                             # OUT_DIR/summary.json (+ a Markdown digest)
+    collect.py figures OUT DEST                            # the pictures of RESULTS.md, from OUT into DEST
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from genlib.data.corpus import open_corpus
+from genlib.eval.completion import harmonic_fill, mean_fill
+from genlib.images import encode_png, image_grid, zoom
 from genlib.train.rundir import RunDir, read_metrics
 
 COMPLETION_MASKS = ("center", "half", "random_blocks")
@@ -107,8 +113,83 @@ def machine() -> dict:
     return info
 
 
+# ----------------------------------------------------------------------------- figures
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _save(dest: Path, name: str, image: np.ndarray) -> None:
+    """PNG, or JPEG (quality 90) for the photo-like grids whose PNG would weigh hundreds of kB."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if name.endswith(".jpg"):
+        Image.fromarray(image).save(dest / name, format="JPEG", quality=90)
+    else:
+        (dest / name).write_bytes(encode_png(image))
+    print(f"   {dest / name} {image.shape[1]}x{image.shape[0]}, {(dest / name).stat().st_size // 1024} kB")
+
+
+def _samples_over_training(run: Path, steps: list[int]) -> np.ndarray | None:
+    """The sample grids of the listed steps, side by side (same seed: the same z in each)."""
+    rows = []
+    for s in steps:
+        path = run / "samples" / f"step_{s:06d}.png"
+        if not path.is_file():
+            return None
+        rows.append(_load(path))
+    height = max(r.shape[0] for r in rows)
+    pad = np.full((height, 8, 3), 255, np.uint8)
+    out = []
+    for r in rows:
+        out += [np.pad(r, ((0, height - r.shape[0]), (0, 0), (0, 0)), constant_values=255), pad]
+    return np.concatenate(out[:-1], axis=1)
+
+
+def _completion_strip(renders: Path, factor: int = 3) -> np.ndarray | None:
+    """Per completion: masked input | mean fill | harmonic fill | genlib | ground truth."""
+    rows = []
+    for final in sorted((renders / "images" / "complete").glob("*.masked_input.png")):
+        stem = final.name[: -len(".masked_input.png")]
+        truth = _load(final.with_name(stem + ".input.png"))
+        known = _load(final.with_name(stem + ".mask.png"))[..., 0] >= 128
+        ours = _load(final.with_name(stem + ".png"))
+        rows += [_load(final), mean_fill(truth, known), harmonic_fill(truth, known), ours, truth]
+    return zoom(image_grid(rows, columns=5), factor) if rows else None
+
+
+def figures(out: str, dest: str) -> None:
+    """The pictures RESULTS.md shows, from the experiments under ``out``."""
+    root, dest_dir = Path(out), Path(dest)
+    for exp, run, steps, rows in (("dcgan-faces32", "dcgan", [250, 750, 2000], None),
+                                  ("dcgan-pokemon64", "dcgan", [250, 750, 1500], 4)):
+        grid = _samples_over_training(root / exp / "runs" / run, steps)
+        if grid is not None:  # rows: keep the top rows of each grid (4 of 8 rows: 32 samples)
+            _save(dest_dir, f"{exp}-samples.jpg", grid if rows is None else grid[: rows * (grid.shape[0] // 8) + 2])
+    for exp, run, plot in (("dcgan-faces32", "dcgan", "eval-fd"), ("vae-faces32", "vae", "eval-nats")):
+        path = root / exp / "runs" / run / "plots" / f"{plot}.png"
+        if path.is_file():
+            _save(dest_dir, f"{exp}-{plot}.png", _load(path))
+    strip = _completion_strip(root / "dcgan-faces32" / "renders")
+    if strip is not None:
+        _save(dest_dir, "dcgan-faces32-completion.png", strip)
+    for exp in ("dcgan-faces32", "vae-faces32"):
+        for path in sorted((root / exp / "renders" / "images" / "explore").glob("*.png")):
+            name = path.name.rsplit("-", 1)[0]  # without the params hash
+            _save(dest_dir, f"{exp}-{name}." + ("jpg" if name.endswith("grid") else "png"), _load(path))
+    pixel = root / "pixelrnn-pokemon20"
+    for variant in ("row_lstm", "pixelcnn", "diagonal_bilstm"):
+        samples = sorted((pixel / "runs" / variant / "samples").glob("step_*.png"))
+        if samples:
+            _save(dest_dir, f"pixelrnn-{variant}-samples.png", _load(samples[-1]))
+    finals = [p for p in sorted((pixel / "renders" / "images" / "pixel_complete").glob("*.png"))
+              if p.name.count(".") == 1]  # not the companions
+    if finals:
+        _save(dest_dir, "pixelrnn-pixel_complete.png", image_grid([_load(p) for p in finals], columns=1))
+
+
 if __name__ == "__main__":
-    commands = {"step": step, "requests": requests, "explore": explore, "summary": summary}
+    commands = {"step": step, "requests": requests, "explore": explore, "summary": summary, "figures": figures}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])

@@ -312,10 +312,6 @@ def test_the_watchdog_kills_a_stuck_process_and_the_row_is_failed_for_good(image
 
 
 def test_progress_frames_become_an_animation_listed_in_extras(images, tmp_path):
-    from genlib.render.deepdream import DreamParams
-
-    if "snapshot_every" not in {f.name for f in dataclasses.fields(DreamParams)}:
-        pytest.skip("DreamParams has no snapshot_every yet")
     cfg = config(tmp_path)
     _, rows = render_plain([dream("anim", images["photo0"], iterations=4, snapshot_every=1)], cfg, "r1")
     extras = json.loads(rows["anim"]["extras"])

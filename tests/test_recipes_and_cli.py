@@ -46,7 +46,8 @@ def test_cli_reports_bad_config_key(tmp_path, capsys):
     assert "unknown config key 'sise'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")) + sorted((ROOT / "experiments" / "configs")
+                                                                                 .glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_train_config_loads(path):
     from genlib.models.registry import FAMILIES
     from genlib.train.config import TrainConfig

@@ -18,7 +18,7 @@ import posixpath
 import stat
 import secrets
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import pyarrow.fs as pafs
 
@@ -26,10 +26,22 @@ import pyarrow.fs as pafs
 CHUNK = 1 << 20  # bytes per read when hashing or copying streams
 
 
+def read_blocks(stream: BinaryIO, limit: int | None = None) -> Iterator[bytes]:
+    """What is left in a binary stream, in blocks of at most 1 MiB; with ``limit``, at most
+    that many bytes in all (one huge read would allocate the whole cap)."""
+    total = 0
+    while limit is None or total < limit:
+        block = stream.read(CHUNK if limit is None else min(CHUNK, limit - total))
+        if not block:
+            return
+        total += len(block)
+        yield block
+
+
 def sha256_stream(stream: BinaryIO) -> str:
     """Hex sha256 of everything left in a binary stream, read in 1 MiB chunks."""
     h = hashlib.sha256()
-    for block in iter(lambda: stream.read(CHUNK), b""):
+    for block in read_blocks(stream):
         h.update(block)
     return h.hexdigest()
 
@@ -133,11 +145,15 @@ class Storage:
         """The root as a local Path when it is on this machine's filesystem."""
         return Path(self.base) if isinstance(self.fs, pafs.LocalFileSystem) else None
 
+    def info(self, rel: str = "") -> pafs.FileInfo:
+        """One stat of ``rel`` (type, size, mtime)."""
+        return self.fs.get_file_info(self._path(rel))
+
     def exists(self, rel: str = "") -> bool:
-        return self.fs.get_file_info(self._path(rel)).type != pafs.FileType.NotFound
+        return self.info(rel).type != pafs.FileType.NotFound
 
     def is_file(self, rel: str) -> bool:
-        return self.fs.get_file_info(self._path(rel)).type == pafs.FileType.File
+        return self.info(rel).type == pafs.FileType.File
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write atomically where the filesystem allows it (local: ``write_atomic``;
@@ -165,7 +181,7 @@ class Storage:
         return self.fs.open_input_file(self._path(rel))
 
     def size(self, rel: str) -> int:
-        return self.fs.get_file_info(self._path(rel)).size
+        return self.info(rel).size
 
     def delete(self, rel: str) -> None:
         if self.is_file(rel):

@@ -43,11 +43,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from genlib.storage import NotRegularFile, file_kind, open_regular
+from genlib.storage import NotRegularFile, file_kind, open_regular, read_blocks
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 MAX_DEPTH = 64  # folder levels below the input root that are read; real corpora use fewer than 10
-BLOCK = 1 << 20  # bytes per read while hashing or reading
 # What damaged or hostile data can raise from zipfile, tarfile and their decompressors.
 READ_ERRORS = (OSError, EOFError, ValueError, RuntimeError, NotImplementedError, struct.error,
                tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError)
@@ -316,7 +315,7 @@ def _scan_tar_member(archive: tarfile.TarFile, member: tarfile.TarInfo, pos: int
         return RawItem(source, reason="unreadable", error="sparse tar members are not supported")
     if member.size > max_bytes:
         return _too_large(source, member.size, max_bytes)
-    size, sha = _hash_stream(archive.extractfile(member), max_bytes)
+    _, sha = _hash_stream(archive.extractfile(member), max_bytes)
     ref = Ref("tarstream", path, pos) if streamed else Ref("tar", path, member.offset_data, member.size)
     return RawItem(source, ref, sha)
 
@@ -328,7 +327,7 @@ def _tar_end(archive: tarfile.TarFile) -> str | None:
     stream = archive.fileobj
     stream.seek(archive.offset)
     zeros = 0
-    while block := stream.read(BLOCK):
+    for block in read_blocks(stream):
         if block.count(0) != len(block):
             if not zeros and any(block[:tarfile.BLOCKSIZE]):  # where tarfile stopped: not a zero block
                 return f"no valid tar header at offset {archive.offset}: the archive is corrupt there"
@@ -436,19 +435,15 @@ def _hash_stream(f: BinaryIO, max_bytes: int) -> tuple[int, str]:
     """(bytes read, sha256) reading at most ``max_bytes + 1`` bytes: a count over
     ``max_bytes`` means the input is too large (and its hash is meaningless)."""
     h, total = hashlib.sha256(), 0
-    while total <= max_bytes and (block := f.read(min(BLOCK, max_bytes + 1 - total))):
+    for block in read_blocks(f, max_bytes + 1):
         h.update(block)
         total += len(block)
     return total, h.hexdigest()
 
 
 def _read_capped(f: BinaryIO, max_bytes: int) -> bytes:
-    """At most ``max_bytes + 1`` bytes, in blocks (one huge read would allocate the cap)."""
-    blocks, total = [], 0
-    while total <= max_bytes and (block := f.read(min(BLOCK, max_bytes + 1 - total))):
-        blocks.append(block)
-        total += len(block)
-    return b"".join(blocks)
+    """At most ``max_bytes + 1`` bytes (a length over ``max_bytes``: the input is too large)."""
+    return b"".join(read_blocks(f, max_bytes + 1))
 
 
 def _too_large(source: str, size: int, max_bytes: int, exact: bool = True) -> RawItem:

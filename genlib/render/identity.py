@@ -37,7 +37,7 @@ from typing import Any
 from genlib.config import to_dict
 from genlib.render.backbones import LITE0_PACKAGE
 from genlib.render.kinds import kind as kind_of
-from genlib.storage import Storage, sha256_file
+from genlib.storage import Storage, sha256_file, sha256_stream
 from genlib.train.checkpoint import MARKER_FILE, STATE_FILE, resolve_checkpoint
 
 
@@ -113,5 +113,5 @@ def _checkpoint(path: str) -> str:
         sha = json.loads(storage.read_text(MARKER_FILE))["sha256"]
     else:  # format 1 (no marker): hash the state itself
         with storage.open(STATE_FILE) as f:
-            sha = hashlib.sha256(f.read()).hexdigest()
+            sha = sha256_stream(f)
     return f"sha256:{sha}"

@@ -109,9 +109,14 @@ def _local_fingerprint(path: str) -> str | None:
 
 
 def _listing_fingerprints(folder: str, members: list[str]) -> dict[str, str | None]:
+    """One listing of ``folder`` for several members; one stat for a single one (a row
+    rendered alone must not list a folder of a million inputs)."""
     try:
         storage = Storage(folder)
-        infos = storage.fs.get_file_info(pafs.FileSelector(storage.base, allow_not_found=True))
+        if len(members) == 1:
+            infos = [storage.info(posixpath.basename(members[0]))]
+        else:
+            infos = storage.fs.get_file_info(pafs.FileSelector(storage.base, allow_not_found=True))
     except (OSError, ValueError):
         return dict.fromkeys(members)
     by_name = {posixpath.basename(i.path): i for i in infos if i.type == pafs.FileType.File}
@@ -153,7 +158,7 @@ def load_image(uri: str) -> tuple[np.ndarray, str]:
     _check_pixels(uri, data)
     try:
         image = decode(data)
-    except Exception as exc:  # Reject from genlib.data.process, with its reason
+    except Exception as exc:  # Reject (genlib.data.sources), with its reason
         raise RenderError(f"{uri}: {getattr(exc, 'detail', exc)}") from None
     if image.mode == "RGBA":
         base = Image.new("RGBA", image.size, (255, 255, 255, 255))

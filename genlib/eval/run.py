@@ -11,15 +11,21 @@ One line from the CLI or from rank 0 of a training run::
 returns it. Keys: :mod:`genlib.eval.record`. Everything is seeded (``seed``): the same
 weights and corpus give the same numbers, and the caller's RNG state is left as it was,
 so an evaluation inside training does not change the training run.
+
+Training evaluates at every checkpoint: only the weights change. What does not (the
+feature network, the held-out images' features, the train split's colour counts) is
+computed once per process and kept (:class:`_Kept`), keyed by everything it depends on.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -142,8 +148,7 @@ def evaluate_family(family: Family, corpus: str | Path | Corpus, step: int, conf
         raise ValueError("no corpus to evaluate on: pass --corpus DIR")
     corpus = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
     name = family_name(family)
-    check_evaluable(name, corpus, config)
-    split, reason = choose_split(corpus, config.split)
+    split, reason = check_evaluable(name, corpus, config)
     if config.progress:
         print(f"genlib eval: {name} at step {step} on {corpus.root}, split '{split}' ({reason})", file=sys.stderr)
     start = time.perf_counter()
@@ -178,16 +183,17 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     return resolved
 
 
-def check_evaluable(family: str, corpus: Corpus, config: EvalConfig) -> None:
-    """ValueError, before any work, when the held-out split is too small for ``family``'s
-    measures (DCGAN: precision/recall need more than ``pr_k`` images, FD/KID two)."""
-    split, _ = choose_split(corpus, config.split)
+def check_evaluable(family: str, corpus: Corpus, config: EvalConfig) -> tuple[str, str]:
+    """``choose_split``'s ``(split, why)``; ValueError, before any work, when that split is too
+    small for ``family``'s measures (DCGAN: precision/recall need more than ``pr_k`` images, FD/KID two)."""
+    split, reason = choose_split(corpus, config.split)
     least = config.pr_k + 1 if family == "dcgan" else 1
     n = min(config.samples, corpus.count(split))
     if n < least:
         raise ValueError(f"genlib eval of a {family} needs at least {least} held-out images; split '{split}' of "
                          f"{corpus.root} gives {n} (samples = {config.samples}): build the corpus with a larger "
                          f"test_fraction or val_fraction")
+    return split, reason
 
 
 def family_name(family: Family) -> str:
@@ -242,10 +248,14 @@ def measure_dcgan(family: Family, corpus: Corpus, split: str, config: EvalConfig
     same on both sides); optionally completion."""
     if config.completion and checkpoint is None:
         raise ValueError("completion evaluation needs a checkpoint (MaskCompletion loads its own G and D)")
-    net = load_feature_net(config.feature_net, config.feature_weights, device, config.feature_size)
+    net = _KEPT.get(("net", config.feature_net, config.feature_weights, str(device), config.feature_size),
+                    lambda: load_feature_net(config.feature_net, config.feature_weights, device, config.feature_size))
     n = min(config.samples, corpus.count(split))
     with _bar(2 * n, "features", config) as bar:
-        real = _features(net, held_out(corpus, split, "image", n, config.batch_size), bar)
+        real = _KEPT.get(("real", json.dumps(net.describe(), sort_keys=True), str(device), _corpus_key(corpus), split,
+                          n, config.batch_size),
+                         lambda: _features(net, held_out(corpus, split, "image", n, config.batch_size), bar))
+        bar.update(len(real) - bar.n)  # kept from an earlier evaluation: nothing was computed
         gen = torch.Generator().manual_seed(config.seed)  # CPU generator: the same z on every device
         fake = _features(net, (family.sample(b, generator=gen) for b in _chunks(len(real), config.batch_size)), bar)
     kid, kid_std = kernel_distance(real, fake, config.kid_subsets, config.kid_subset_size, config.seed)
@@ -257,6 +267,30 @@ def measure_dcgan(family: Family, corpus: Corpus, split: str, config: EvalConfig
     if config.completion:
         out["completion"] = _completion(checkpoint, corpus, split, config, device)
     return out
+
+
+class _Kept:
+    """The last few results of costly computations whose inputs a key names in full."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size, self.items = size, OrderedDict()
+
+    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        value = self.items[key] = compute()
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
+
+
+_KEPT = _Kept()
+
+
+def _corpus_key(corpus: Corpus) -> tuple[str, str]:
+    """A corpus's contents: its id (a hash of its inputs and recipe) and where it is."""
+    return str(corpus.root), corpus.corpus_id
 
 
 def _chunks(n: int, size: int) -> Iterator[int]:
@@ -317,7 +351,8 @@ def measure_pixelrnn(family: Family, corpus: Corpus, split: str, config: EvalCon
         batches = list(held_out(corpus, split, "index", n, config.batch_size))
         metrics = family.evaluate({"index": b} for b in batches)
         bar.update(n)
-    counts, n_train = position_counts(held_out(corpus, "train", "index", corpus.count("train"), 256), k)
+    counts, n_train = _KEPT.get(("counts", _corpus_key(corpus), k), lambda: position_counts(
+        held_out(corpus, "train", "index", corpus.count("train"), 256), k))
     unigram = torch.cat([unigram_bits(b, counts, n_train) for b in batches]).mean()
     return {"nll_nats": metrics["nll_nats"], "bits_per_dim": metrics["bits_per_dim"],
             "baseline_uniform_bpd": uniform_bits(k), "baseline_unigram_bpd": float(unigram),

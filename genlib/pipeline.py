@@ -24,7 +24,7 @@ from genlib.demo.assets import demo_recipe, paint_canvas
 from genlib.demo.faces import generate_demo_faces
 from genlib.distributed.render import run_render
 from genlib.distributed.runtime import ray_session
-from genlib.distributed.train import TrainOutcome, run_training
+from genlib.distributed.train import CorpusChanged, TrainOutcome, run_training
 from genlib.render.backbones import BACKBONES
 from genlib.render.config import BackboneChoice, RenderConfig
 from genlib.render.completion import CompletionSettings
@@ -118,9 +118,7 @@ def _stage_train(cfg: PipelineConfig, work: Path, corpus: Path) -> TrainOutcome:
           f"{' (resuming)' if resume else ''}")
     try:
         return run_training(train, resume=resume)
-    except ConfigError as exc:
-        if "--force-corpus" not in str(exc):
-            raise
+    except CorpusChanged:
         raise ConfigError(f"{work} holds a DCGAN trained on another corpus (different input or --count): "
                           f"run `genlib demo --force` to start over, or pick another --workdir") from None
 

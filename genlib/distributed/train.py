@@ -79,6 +79,10 @@ QUALITY_KEYS = ("fd", "kid", "precision", "recall", "elbo_nats", "iwae_nats", "n
                 "baseline_unigram_bpd")
 
 
+class CorpusChanged(ConfigError):
+    """``--resume`` onto a corpus other than the one the weights were trained on (without ``force``)."""
+
+
 @dataclass
 class TrainOutcome:
     run_dir: str                # local path or URI
@@ -154,7 +158,7 @@ def resumed_info(run_dir: str, info: dict, corpus: Corpus, force: bool) -> dict:
     if trained in (None, corpus.corpus_id):
         return info
     if not force:
-        raise ConfigError(f"--resume {run_dir}: the run was trained on corpus {trained}, but the corpus at "
+        raise CorpusChanged(f"--resume {run_dir}: the run was trained on corpus {trained}, but the corpus at "
                           f"{corpus.root} is now {corpus.corpus_id}; pass --force-corpus to continue on it")
     previous = [*info.get("previous_corpus_ids", []), trained]
     return {**info, "corpus_id": corpus.corpus_id, "previous_corpus_ids": previous}

@@ -17,7 +17,7 @@ from genlib.cli import main
 from genlib.config import ConfigError, from_dict, to_dict
 from genlib.data.corpus import open_corpus
 from genlib.data.recipe import PaletteConfig, ShardConfig
-from genlib.distributed.train import FAIL_MARKER, prepare_run, run_training
+from genlib.distributed.train import FAIL_MARKER, CorpusChanged, prepare_run, run_training
 from genlib.models.registry import build_family
 from genlib.train.checkpoint import load_checkpoint, save_state
 from genlib.train.config import TrainConfig
@@ -203,8 +203,8 @@ def test_resume_refuses_another_corpus_unless_forced(faces_corpus, tmp_path, cap
     now = open_corpus(faces_corpus).corpus_id
     cfg, run_dir, info = prepare_run(dcgan_cfg(faces_corpus, tmp_path, name="r"))
     RunDir(run_dir).init({**info, "corpus_id": "0123456789abcdef"})  # a run made on another corpus
-    with pytest.raises(ConfigError, match=f"trained on corpus 0123456789abcdef, but the corpus at .* is now {now}; "
-                                          "pass --force-corpus"):
+    with pytest.raises(CorpusChanged, match=f"trained on corpus 0123456789abcdef, but the corpus at .* is now {now}; "
+                                            "pass --force-corpus"):  # a ConfigError the demo can tell apart
         prepare_run(cfg, resume=run_dir)
     assert main(["train", "--resume", run_dir]) == 2  # before any Ray: one line, no traceback
     err = capsys.readouterr().err

@@ -82,9 +82,9 @@ class RunDir:
     def save_samples(self, images: torch.Tensor, step: int) -> str:
         """``images [N, 3, H, W]`` in [-1, 1] -> ``samples/step_NNNNNN.png``."""
         rel = f"{SAMPLES}/step_{step:06d}.png"
-        self.storage.write_bytes(rel, grid_png(images))
-        tiles = to_uint8(images)
-        self.events.image("samples", image_grid(tiles, columns=int(np.ceil(np.sqrt(len(tiles))))), step)
+        grid = sample_grid(images)
+        self.storage.write_bytes(rel, encode_png(upscale_nearest(grid, 512)))
+        self.events.image("samples", grid, step)
         return rel
 
     def save_eval(self, record: dict[str, Any]) -> str:
@@ -165,15 +165,11 @@ def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     return [a.permute(1, 2, 0).numpy() for a in arr]
 
 
-def grid_png(images: torch.Tensor, columns: int | None = None, scale: int = 0) -> bytes:
-    """Tile ``images [N, 3, H, W]`` (in [-1, 1]) into PNG bytes; small images are
-    upscaled (nearest) so the grid is at least ~512 px wide."""
+def sample_grid(images: torch.Tensor) -> np.ndarray:
+    """Tile ``images [N, 3, H, W]`` (in [-1, 1]) into a near-square uint8 grid; the PNG of
+    it is upscaled (nearest) to at least ~512 px wide."""
     tiles = to_uint8(images)
-    columns = columns or int(np.ceil(np.sqrt(len(tiles))))
-    grid = image_grid(tiles, columns=columns)
-    if scale:
-        return encode_png(upscale_nearest(grid, grid.shape[1] * scale))
-    return encode_png(upscale_nearest(grid, 512))
+    return image_grid(tiles, columns=int(np.ceil(np.sqrt(len(tiles)))))
 
 
 def read_metrics(root: str | Path | Storage) -> list[dict[str, Any]]:

@@ -297,9 +297,11 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
-def config_hash(obj: Any) -> str:
-    """Stable short hash of a config's content (key order independent)."""
-    blob = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":")).encode()
+def config_hash(obj: Any, exclude: tuple[str, ...] = ()) -> str:
+    """Stable short hash of a config's content (key order independent), without the
+    top-level fields named in ``exclude``."""
+    fields = {k: v for k, v in to_dict(obj).items() if k not in exclude}
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

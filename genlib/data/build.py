@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import multiprocessing
 import os
@@ -43,7 +42,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import genlib
-from genlib.config import to_dict
+from genlib.config import config_hash, to_dict
 from genlib.data import palette as pal
 from genlib.data import schema
 from genlib.data.process import Processed, process_chunk
@@ -174,9 +173,7 @@ def recipe_hash(recipe: CorpusRecipe) -> str:
     """``config_hash`` of the recipe without ``max_file_bytes``: what the cap refuses is already
     in the inputs fingerprint (an ``error:`` line), and leaving it out keeps the ids of corpora
     built before the cap existed."""
-    fields = to_dict(recipe)
-    fields.pop("max_file_bytes")
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    return config_hash(recipe, exclude=("max_file_bytes",))
 
 
 def _check_existing(out_dir: Path, force: bool) -> dict | None:

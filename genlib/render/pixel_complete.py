@@ -36,7 +36,6 @@ to its newest complete checkpoint, so a run that saved a newer one is reloaded).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch

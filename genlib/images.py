@@ -27,9 +27,7 @@ def image_grid(images: list[np.ndarray], columns: int, pad: int = 2) -> np.ndarr
     if not images:
         raise ValueError("image_grid: no images")
     h, w, _ = images[0].shape
-    rows = math.ceil(len(images) / columns)
-    cols = min(columns, len(images))
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    grid = np.full((*grid_shape((h, w), len(images), columns, pad), 3), 255, dtype=np.uint8)
     for i, im in enumerate(images):
         r, c = divmod(i, columns)
         top, left = pad + r * (h + pad), pad + c * (w + pad)

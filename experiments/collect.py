@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
+from statistics import median_high
 
 import numpy as np
 from PIL import Image
@@ -23,6 +22,9 @@ from genlib.data.corpus import open_corpus
 from genlib.eval.completion import harmonic_fill, mean_fill
 from genlib.images import encode_png, image_grid, zoom
 from genlib.train.rundir import RunDir, read_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _common import machine as bench_machine  # noqa: E402  (benchmarks/ is not a package)
 
 COMPLETION_MASKS = ("center", "half", "random_blocks")
 
@@ -79,7 +81,7 @@ def summary(out: str) -> None:
         rows = read_metrics(run)
         evals = RunDir(run).evals()
         runs[run.name] = {"steps": rows[-1]["step"] if rows else 0,
-                          "images_per_s": _median([r["images_per_s"] for r in rows if r.get("images_per_s")]),
+                          "images_per_s": median_high([r["images_per_s"] for r in rows if r.get("images_per_s")] or [None]),
                           "eval": evals, "last_metrics": rows[-1] if rows else {}}
     data = {"experiment": root.name, "machine": machine(), "steps": steps, "runs": runs}
     (root / "summary.json").write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
@@ -92,19 +94,10 @@ def summary(out: str) -> None:
         print(f"   {name}: step {run['steps']}, {shown}")
 
 
-def _median(values: list[float]) -> float | None:
-    values = sorted(values)
-    return values[len(values) // 2] if values else None
-
-
 def machine() -> dict:
-    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-            "loadavg": os.getloadavg()}
-    try:
-        info["revision"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                          text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        info["revision"] = "unknown"
+    """benchmarks/_common.py's machine record (python, torch, revision with +dirty, load at
+    the start), plus the CPU model and the load when the summary is written."""
+    info = {**bench_machine(), "loadavg": os.getloadavg()}
     try:
         info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                            if line.startswith("model name"))

@@ -43,7 +43,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from genlib.storage import Storage
@@ -213,9 +212,7 @@ def list_outputs(output: str, kinds: set[str] | list[str]) -> set[str]:
             except FileNotFoundError:
                 pass
         else:
-            selector = pafs.FileSelector(posixpath.join(storage.base, folder), allow_not_found=True)
-            found.update(f"{folder}/{posixpath.basename(i.path)}" for i in storage.fs.get_file_info(selector)
-                         if i.type == pafs.FileType.File)
+            found.update(storage.glob(folder, "*"))
     return found
 
 

@@ -67,7 +67,7 @@ from PIL import Image
 from genlib.config import Fields, is_real
 from genlib.render import io as rio
 from genlib.render.backbones import load_backbone
-from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
+from genlib.render.base import RenderError, RenderOutput, check_image, to_image, to_tensor
 from genlib.render.batching import render_jobs, single
 from genlib.render.optim import BatchObjective, OptimResult, Snapshots, clamp01, optimize_batch
 
@@ -386,7 +386,7 @@ class StyleTransfer:
     def _job(self, content: np.ndarray, params: StyleParams, styles: list[np.ndarray] | None) -> _Job:
         """A row checked and prepared: setup, content at the output size, styles loaded."""
         setup = self.setup(params)
-        to_tensor(content[:1, :1])  # dtype/shape check (the contract's message) before any resizing
+        check_image(content)  # dtype/shape (the contract's message) before any resizing
         content = rio.resize_max(content, params.size)
         styles = self._load_styles(params, styles)
         full = to_tensor(content, self.device)  # [1, 3, H, W]: output shape, and the chroma of preserve_color

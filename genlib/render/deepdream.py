@@ -92,6 +92,7 @@ from genlib.config import Fields, is_real
 from genlib.render.backbones import load_backbone
 from genlib.render.base import RenderError, RenderOutput, to_image, to_tensor
 from genlib.render.batching import render_jobs, single
+from genlib.render.io import capped_shape
 from genlib.render.optim import OptimResult, Snapshots, clamp01, optimize_batch
 
 # Default taps per backbone (tap -> weight).
@@ -244,12 +245,6 @@ def trim_border(f: torch.Tensor, border: int) -> torch.Tensor:
         return f
     bh, bw = min(border, (f.shape[-2] - 1) // 2), min(border, (f.shape[-1] - 1) // 2)
     return f[..., bh:f.shape[-2] - bh, bw:f.shape[-1] - bw]
-
-
-def capped_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """Shape with the longer side at most ``size`` (never enlarged), aspect kept."""
-    ratio = min(1.0, size / max(height, width))
-    return max(1, round(height * ratio)), max(1, round(width * ratio))
 
 
 # --------------------------------------------------------------------------- objective

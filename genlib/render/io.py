@@ -178,11 +178,16 @@ def _check_pixels(uri: str, data: bytes) -> None:
         raise RenderError(f"{uri}: {width}x{height} image is larger than limits.max_pixels ({cap} pixels)")
 
 
+def capped_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """Shape with the longer side at most ``size`` (never enlarged), aspect kept."""
+    ratio = min(1.0, size / max(height, width))
+    return max(1, round(height * ratio)), max(1, round(width * ratio))
+
+
 def resize_max(image: np.ndarray, max_side: int) -> np.ndarray:
-    """Downscale so the longer side is at most ``max_side`` (never upscale)."""
+    """Downscale so the longer side is at most ``max_side`` (never upscale): to ``capped_shape``."""
     h, w = image.shape[:2]
     if max(h, w) <= max_side:
         return image
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    height, width = capped_shape(h, w, max_side)
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS))

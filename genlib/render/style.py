@@ -278,15 +278,6 @@ def resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.LANCZOS))
 
 
-def output_shape(shape: tuple[int, int], size: int) -> tuple[int, int]:
-    """(H, W) of a content of ``shape`` after ``rio.resize_max(content, size)`` (never enlarged)."""
-    h, w = shape
-    if max(h, w) <= size:
-        return h, w
-    scale = size / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
-
-
 def fit_max_side(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
     """(H, W) scaled (up or down) so that the longer side is ``max_side``."""
     h, w = shape
@@ -373,7 +364,7 @@ class StyleTransfer:
         weights. Content, styles (and their blend, scale, colour handling), init, seed, iterations
         and snapshots stay per row."""
         setup = self.setup(params)
-        shapes = scale_shapes(output_shape(content.shape[:2], params.size), params.scales)
+        shapes = scale_shapes(rio.capped_shape(*content.shape[:2], params.size), params.scales)
         return _key(shapes, params, setup)
 
     def render_many(self, contents: Sequence[np.ndarray], params_list: Sequence[StyleParams],

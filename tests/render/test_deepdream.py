@@ -22,12 +22,12 @@ from genlib.render.deepdream import (
     DreamObjective,
     DreamParams,
     Jitter,
-    capped_shape,
     gaussian_blur,
     octave_shapes,
     tile_spans,
     trim_border,
 )
+from genlib.render.io import capped_shape
 
 CHEAP = {"mixed2": 0.5, "mixed3": 1.0}  # stops at Mixed_6a: a third of the default's cost
 

@@ -365,8 +365,8 @@ def test_real_network_moves_the_gram_statistics_toward_the_style():
     assert out.losses["total"] < out.info["history"][0]
 
 
-def test_output_shape_is_the_shape_resize_max_gives():
-    from genlib.render.style import output_shape
+def test_capped_shape_is_the_shape_resize_max_gives():
+    from genlib.render.io import capped_shape
 
     for h, w, size in [(300, 451, 128), (451, 300, 40), (64, 80, 40), (20, 30, 64), (7, 1000, 100)]:
-        assert output_shape((h, w), size) == resize_max(np.zeros((h, w, 3), np.uint8), size).shape[:2]
+        assert capped_shape(h, w, size) == resize_max(np.zeros((h, w, 3), np.uint8), size).shape[:2]

@@ -74,8 +74,10 @@ def inputs_unchanged(candidates: pa.Table, uri_inputs: set[str] = frozenset(),
     run/checkpoint folder, compared by :func:`~genlib.render.identity.input_identity`.
     ``max_bytes``: the job's ``limits.max_input_bytes`` for the inputs that must be hashed again."""
     by_uri = pc.is_in(candidates["request_id"], value_set=pa.array(sorted(uri_inputs), pa.string()))
-    same = {row["request_id"] for row in candidates.filter(by_uri).select(["request_id", "input", "input_sha256"])
-            .to_pylist() if row["input_sha256"] is not None and input_identity(row["input"]) == row["input_sha256"]}
+    folders = candidates.filter(by_uri).select(["request_id", "input", "input_sha256"]).to_pylist()
+    folders = [row for row in folders if row["input_sha256"] is not None]
+    identities = {uri: input_identity(uri) for uri in {row["input"] for row in folders}}  # once per run folder
+    same = {row["request_id"] for row in folders if identities[row["input"]] == row["input_sha256"]}
     files = candidates.filter(pc.invert(by_uri))
     inputs = pc.unique(files["input"]).to_pylist()
     prints = rio.fingerprints(inputs)

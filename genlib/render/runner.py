@@ -46,10 +46,11 @@ from genlib.render.attempts import AttemptLog, RunStopped
 from genlib.render.base import RenderError, RenderOutput
 from genlib.render.batching import plan, render_batch
 from genlib.render.config import RenderConfig
-from genlib.render.identity import input_identity, renderer_id
+from genlib.render.identity import input_identity
 from genlib.render.kinds import Renderer, kind as kind_of
 from genlib.render.limits import row_budget
 from genlib.render.manifest import companion, output_path
+from genlib.render.resume import renderer_ids
 from genlib.storage import Storage
 
 FRAME_MS = 120  # progress animation: time per frame; the last frame (the result) is held 10x
@@ -270,11 +271,8 @@ class RenderRunner:
 
     def _renderer_id(self, kind: str) -> str | None:
         """Rows from the driver carry it; a plain runner works it out once per kind."""
-        if kind not in self.renderer_ids:
-            try:
-                self.renderer_ids[kind] = renderer_id(self.config, kind)
-            except Exception:  # unusable settings: the render itself reports the problem
-                self.renderer_ids[kind] = None
+        if kind not in self.renderer_ids:  # None for unusable settings: the render reports the problem
+            self.renderer_ids.update(renderer_ids(self.config, {kind}))
         return self.renderer_ids[kind]
 
     def _save(self, rel: str, image: np.ndarray | None, result: RenderOutput) -> dict[str, Any]:

@@ -312,7 +312,7 @@ def _features(net: FeatureNet, batches: Iterator[Tensor], bar: tqdm) -> Tensor:
 
 def _completion(checkpoint: Checkpoint, corpus: Corpus, split: str, config: EvalConfig,
                 device: torch.device) -> dict[str, dict[str, float]]:
-    completer = MaskCompletion(checkpoint.uri, device)
+    completer = MaskCompletion(checkpoint, device)  # the loaded checkpoint: not read and hashed again
     n = min(config.samples, config.completion_images, corpus.count(split))
     images = [im for batch in held_out(corpus, split, "image", n, config.batch_size) for im in to_uint8(batch)]
     with _bar(3 * len(images), "completion", config) as bar:

@@ -47,7 +47,7 @@ from genlib.render.masks import (MASK_KINDS, center_box, contextual_weights, fit
                                  make_mask, mask_image)
 from genlib.render.optim import Snapshots, optimize_batch
 from genlib.render.poisson import poisson_blend
-from genlib.train.checkpoint import load_checkpoint, load_family
+from genlib.train.checkpoint import Checkpoint, load_checkpoint, load_family
 
 
 
@@ -125,9 +125,10 @@ class MaskCompletion:
     (Lanczos) to the generator's ``image_size``; the output has the generator's
     size (``info["original_size"]`` records the input's ``(H, W)``)."""
 
-    def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu") -> None:
-        """``checkpoint``: a DCGAN run folder, checkpoint folder or state.pt (local or URI)."""
-        loaded = load_checkpoint(checkpoint)
+    def __init__(self, checkpoint: str | Path | Checkpoint, device: torch.device | str = "cpu") -> None:
+        """``checkpoint``: a DCGAN run folder, checkpoint folder or state.pt (local or URI),
+        or one already loaded (``genlib eval`` has read and hashed it)."""
+        loaded = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         family = load_family(loaded, expect=("dcgan",))
         self.config = family.config
         self.device = torch.device(device)

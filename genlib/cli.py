@@ -124,13 +124,18 @@ def _add_data(sub) -> None:
     raw.set_defaults(func=cmd_data_demo_raw)
 
 
+def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments ``load_train_config`` reads (genlib train and genlib scale)."""
+    parser.add_argument("--config", help="run config (TOML/YAML): a TrainConfig, see genlib/train/config.py")
+    parser.add_argument("--corpus", help="corpus folder (overrides the config's corpus)")
+    parser.add_argument("--model", help="model family: dcgan, vae or pixelrnn (overrides model.family)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field, e.g. --set steps=500 --set model.ngf=32")
+
+
 def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train DCGAN / VAE / PixelRNN with Ray Train (DDP)")
-    train.add_argument("--config", help="run config (TOML/YAML): a TrainConfig, see genlib/train/config.py")
-    train.add_argument("--corpus", help="corpus folder (overrides the config's corpus)")
-    train.add_argument("--model", help="model family: dcgan, vae or pixelrnn (overrides model.family)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a field, e.g. --set steps=500 --set model.ngf=32")
+    _add_train_config_args(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its latest checkpoint")
     train.add_argument("--force-corpus", action="store_true",
                        help="with --resume: continue even though the corpus differs from the one trained on")
@@ -241,10 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _add_scale(sub) -> None:
     scale = sub.add_parser("scale", help="train one config at several worker counts -> scaling.json/.html")
-    scale.add_argument("--config", help="run config (TOML/YAML): a TrainConfig, as for genlib train")
-    scale.add_argument("--corpus", help="corpus folder (overrides the config's corpus)")
-    scale.add_argument("--model", help="model family: dcgan, vae or pixelrnn (overrides model.family)")
-    scale.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_train_config_args(scale)
     scale.add_argument("--workers", default="1,2,4,8", help="worker counts, comma-separated (default 1,2,4,8)")
     scale.add_argument("--mode", choices=["strong", "weak"], default="strong",
                        help="strong: the config's global batch; weak: its per-worker batch (default strong)")

@@ -25,14 +25,13 @@ PixelRNN baselines, in bits per pixel (one palette index = one dimension):
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
 from typing import Iterable
 
 import torch
 from torch import Tensor, nn
 
 from genlib.models.base import unwrap, upcast
-from genlib.models.vae import DISCRETE_SHIFT_PER_DIM, VAE, gaussian_nll
+from genlib.models.vae import DISCRETE_SHIFT_PER_DIM, VAE, eval_mode, gaussian_nll, noise
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -40,14 +39,6 @@ LOG_2PI = math.log(2 * math.pi)
 def _log_normal(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     """``log N(x; mean, exp(logvar))`` summed over the last dim: ``[..., L] -> [...]``."""
     return (-0.5 * ((x - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)).sum(-1)
-
-
-def _eval_mode(stack: ExitStack, module: nn.Module) -> nn.Module:
-    """Put ``module`` in eval mode until ``stack`` closes (its mode is restored)."""
-    was = module.training
-    module.eval()
-    stack.callback(module.train, was)
-    return module
 
 
 @torch.no_grad()
@@ -58,19 +49,13 @@ def vae_bounds(vae: VAE, x: Tensor, k: int, generator: torch.Generator | None = 
     ``chunk`` bounds the decoder batch (images x draws per forward)."""
     if k < 1:
         raise ValueError(f"iwae k must be an integer >= 1, got {k!r}")
-    x = x.to(vae.device)
-    gen_device = generator.device if generator is not None else x.device
-    if vae.config.dequantize:  # one jitter per image, shared by its k draws
-        x = x + (torch.rand(x.shape, generator=generator, device=gen_device).to(x.device) - 0.5) * (2 / 255)
-    with ExitStack() as stack:
-        enc = _eval_mode(stack, unwrap(vae.encoder))
-        dec = _eval_mode(stack, unwrap(vae.decoder))
+    x = vae.dequantized(x.to(vae.device), generator)  # one jitter per image, shared by its k draws
+    with eval_mode(unwrap(vae.encoder)) as enc, eval_mode(unwrap(vae.decoder)) as dec:
         with vae.autocast():
             mu, logvar = enc(x)  # [B, L] each
         mu, logvar = upcast(mu), upcast(logvar)
         # all draws first (tiny: [B, k, L]), so the chunk size cannot change the numbers
-        where = generator.device if generator is not None else mu.device
-        eps = torch.randn((mu.shape[0], k, mu.shape[1]), generator=generator, device=where).to(mu.device)
+        eps = noise("normal", (mu.shape[0], k, mu.shape[1]), generator, mu.device)
         per_chunk = max(1, chunk // x.shape[0])
         log_w = torch.cat([_log_weights(vae, dec, x, mu, logvar, part)
                            for part in eps.split(per_chunk, dim=1)], dim=1)  # [B, k]

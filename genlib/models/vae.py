@@ -70,7 +70,7 @@ from genlib.models.base import (
     upcast,
 )
 
-__all__ = ["IMAGE_SIZES", "VAEConfig", "Encoder", "Decoder", "VAE", "gaussian_nll",
+__all__ = ["IMAGE_SIZES", "VAEConfig", "Encoder", "Decoder", "VAE", "gaussian_nll", "noise", "eval_mode",
            "kl_standard_normal", "DISCRETE_SHIFT_PER_DIM"]
 
 IMAGE_SIZES = (32, 64, 128)
@@ -206,7 +206,7 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
 
 
-def _noise(kind: str, shape: torch.Size, generator: torch.Generator | None,
+def noise(kind: str, shape: torch.Size, generator: torch.Generator | None,
            device: torch.device) -> torch.Tensor:
     """``randn``/``rand`` drawn on the generator's device, moved to ``device``."""
     where = generator.device if generator is not None else device
@@ -215,7 +215,7 @@ def _noise(kind: str, shape: torch.Size, generator: torch.Generator | None,
 
 
 @contextmanager
-def _eval(module: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     """Temporarily put ``module`` in eval mode; restore its previous mode."""
     was_training = module.training
     module.eval()
@@ -255,6 +255,12 @@ class VAE(Family):
         """Dimensions per image, ``nc * S * S`` (the bits/dim denominator)."""
         return self.config.nc * self.config.image_size ** 2
 
+    def dequantized(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x`` with uniform jitter inside each value's 2/255-wide bin (``config.dequantize``), else ``x``."""
+        if not self.config.dequantize:
+            return x
+        return x + (noise("uniform", x.shape, generator, x.device) - 0.5) * (2.0 / 255.0)
+
     def elbo_terms(self, x: torch.Tensor, encoder: nn.Module, decoder: nn.Module,
                    generator: torch.Generator | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,12 +268,11 @@ class VAE(Family):
         ``x [B, nc, S, S]`` in ``[-1, 1]``. ``recon`` includes the 8-bit shift
         ``dims * log(127.5)`` (module docstring); noise comes from ``generator``.
         Networks run under the family's autocast, the terms in fp32."""
-        if self.config.dequantize:  # uniform jitter inside the 2/255-wide bin
-            x = x + (_noise("uniform", x.shape, generator, x.device) - 0.5) * (2.0 / 255.0)
+        x = self.dequantized(x, generator)
         with self.autocast():
             mu, logvar = encoder(x)  # [B, latent_dim] each
         mu, logvar = upcast(mu), upcast(logvar)
-        eps = _noise("normal", mu.shape, generator, mu.device)
+        eps = noise("normal", mu.shape, generator, mu.device)
         z = mu + torch.exp(0.5 * logvar) * eps  # reparameterisation
         with self.autocast():
             mean, log_scale = decoder(z)  # [B, nc, S, S] (fp32 output layer), []
@@ -305,7 +310,7 @@ class VAE(Family):
         gen = torch.Generator().manual_seed(EVAL_SEED)
         sums = torch.zeros(2, dtype=torch.float64)  # [recon, kl]
         count = 0
-        with _eval(unwrap(self.encoder)) as enc, _eval(unwrap(self.decoder)) as dec:
+        with eval_mode(unwrap(self.encoder)) as enc, eval_mode(unwrap(self.decoder)) as dec:
             for batch in batches:
                 x = batch["image"].to(self.device)
                 recon, kl = self.elbo_terms(x, enc, dec, gen)
@@ -322,7 +327,7 @@ class VAE(Family):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder means ``[B, nc, S, S]`` in ``[-1, 1]`` for ``z [B, latent_dim]``
         (fp32; the decoder body runs under the family's autocast)."""
-        with _eval(unwrap(self.decoder)) as dec, self.autocast():
+        with eval_mode(unwrap(self.decoder)) as dec, self.autocast():
             return upcast(dec(z.to(self.device))[0])
 
     @torch.no_grad()
@@ -330,12 +335,12 @@ class VAE(Family):
         """Decode ``z ~ N(0, I)``: ``[n, nc, S, S]`` decoder means in ``[-1, 1]``
         (no pixel noise is added, as is customary)."""
         shape = torch.Size((n, self.config.latent_dim))
-        return self.decode(_noise("normal", shape, generator, self.device))
+        return self.decode(noise("normal", shape, generator, self.device))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic reconstruction: decode the posterior mean of ``x``."""
-        with _eval(unwrap(self.encoder)) as enc, self.autocast():
+        with eval_mode(unwrap(self.encoder)) as enc, self.autocast():
             mu, _ = enc(x.to(self.device))
         return self.decode(upcast(mu))
 

@@ -297,10 +297,6 @@ def ray_poll_interval() -> float:
     return float(os.environ.get(RAY_POLL_ENV, "2"))
 
 
-
-
-
-
 def start_ray(args) -> tuple[float, str]:
     """Start the embedded Ray the trainer will join (not timed in any figure); returns
     (seconds, its session folder)."""
@@ -318,14 +314,11 @@ def start_ray(args) -> tuple[float, str]:
 
 
 def stop_ray(session_dir: str) -> dict:
-    """ray.shutdown(), then genlib's clean-up (as in ``ray_session``): processes of this
-    session still alive after the grace period are killed. Reports what it found."""
-    import ray
+    """ray.shutdown() and genlib's clean-up (``shutdown_session``, as in ``ray_session``):
+    processes of this session still alive after the grace period are killed. Reports what it found."""
+    from genlib.distributed.runtime import session_processes, shutdown_session
 
-    from genlib.distributed.runtime import session_processes, stop_processes
-
-    ray.shutdown()
-    killed = stop_processes(session_processes(session_dir))
+    killed = shutdown_session(session_dir)
     left = [p.pid for p in session_processes(session_dir)]
     print(f"Ray clean-up: {len(killed)} process(es) of the session outlived ray.shutdown() and were killed, "
           f"{len(left)} left", file=sys.stderr)

@@ -84,19 +84,27 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         previous = _raise_on_sigterm()
         yield
     finally:
-        import ray  # lazy, as in init_ray
-
-        ours = ray_children() if session_dir else []  # before shutdown: exiting workers may close their logs
         try:
-            ray.shutdown()
+            killed = shutdown_session(session_dir)
+            if killed and verbose():
+                print(f"genlib: killed {len(killed)} Ray process(es) that outlived ray.shutdown(): {killed}",
+                      file=sys.stderr)
         finally:
-            if session_dir:
-                found = {p.pid: p for p in [*ours, *session_processes(session_dir)]}
-                killed = stop_processes(list(found.values()))
-                if killed and verbose():
-                    print(f"genlib: killed {len(killed)} Ray process(es) that outlived ray.shutdown(): {killed}",
-                          file=sys.stderr)
             _restore_sigterm(previous)
+
+
+def shutdown_session(session_dir: str | None) -> list[int]:
+    """``ray.shutdown()``; with the session folder of an embedded Ray this process started,
+    then kill every process of that session that outlived it. Returns the pids killed."""
+    import ray  # lazy, as in init_ray
+
+    ours = ray_children() if session_dir else []  # before shutdown: exiting workers may close their logs
+    try:
+        ray.shutdown()
+    finally:
+        found = {p.pid: p for p in [*ours, *session_processes(session_dir)]} if session_dir else {}
+        killed = stop_processes(list(found.values()))
+    return killed
 
 
 # ============================================================================ processes

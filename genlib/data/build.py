@@ -437,30 +437,18 @@ def _decode_rgb(png: bytes) -> np.ndarray:
 
 
 def _learn_palette(train: list[Processed], recipe: CorpusRecipe, spill: Spill) -> np.ndarray | None:
+    """The palette of the train split, decoding only the images the pixel draw falls in."""
     cfg = recipe.palette
     if cfg.colors == 0:
         return None
-    pixels = _palette_pixels(train, recipe.size, cfg.sample_pixels, cfg.seed, spill)  # [n, 3] uint8
-    # One [n, 1, 3] "image" of n <= sample_pixels pixels: learn_palette's sampler keeps it whole.
-    return pal.learn_palette([pixels[:, None, :]], cfg.colors, cfg.sample_pixels, cfg.iterations, cfg.seed)
+    pixels = _palette_pixels(train, recipe.size, cfg.sample_pixels, cfg.seed, spill)
+    return pal.palette_from_pixels(pixels, cfg.colors, cfg.iterations, cfg.seed)
 
 
 def _palette_pixels(train: list[Processed], size: int, n: int, seed: int, spill: Spill) -> np.ndarray:
-    """The pixels ``palette.sample_pixels`` draws from all train images ([<= n, 3] uint8, same
-    seed, same order), decoding only the images they fall in, one at a time, instead of
-    holding every decoded image (every processed image is size x size)."""
-    per = size * size
-    if len(train) * per <= n:
-        return np.concatenate([_decode_rgb(spill.png(r)).reshape(-1, 3) for r in train])
-    picks = np.random.default_rng(seed).choice(len(train) * per, size=n, replace=False)
-    image_of, pixel_of = np.divmod(picks, per)
-    order = np.argsort(image_of, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(image_of[order]) != 0])
-    out = np.empty((n, 3), np.uint8)
-    for group in np.split(order, starts[1:]):
-        rgb = _decode_rgb(spill.png(train[image_of[group[0]]])).reshape(per, 3)
-        out[group] = rgb[pixel_of[group]]
-    return out
+    """The pixels ``palette.sample_pixels`` draws from all train images (each size x size)."""
+    return pal.sample_pixels_lazy(len(train), size * size,
+                                  lambda i: _decode_rgb(spill.png(train[i])).reshape(-1, 3), n, seed)
 
 
 def _write_shards(tmp: Path, recipe: CorpusRecipe, splits: dict[str, list[Processed]],

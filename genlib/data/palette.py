@@ -7,6 +7,8 @@ intensities, which otherwise regress to grey.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 _CHUNK = 65536  # pixels per distance block: bounds memory at CHUNK x k floats
@@ -19,6 +21,23 @@ def sample_pixels(images: list[np.ndarray], n: int, seed: int) -> np.ndarray:
     if len(flat) <= n:
         return flat.astype(np.float32)
     return flat[rng.choice(len(flat), size=n, replace=False)].astype(np.float32)
+
+
+def sample_pixels_lazy(count: int, per_image: int, load: Callable[[int], np.ndarray], n: int,
+                       seed: int) -> np.ndarray:
+    """What :func:`sample_pixels` draws (same seed, same order; uint8 ``[<= n, 3]``) from
+    ``count`` images of ``per_image`` pixels each, loading (``load(i) -> [per_image, 3]``)
+    only the images the draw falls in, one at a time, instead of holding them all."""
+    if count * per_image <= n:
+        return np.concatenate([load(i) for i in range(count)])
+    picks = np.random.default_rng(seed).choice(count * per_image, size=n, replace=False)
+    image_of, pixel_of = np.divmod(picks, per_image)
+    order = np.argsort(image_of, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(image_of[order]) != 0])
+    out = np.empty((n, 3), np.uint8)
+    for group in np.split(order, starts[1:]):
+        out[group] = load(int(image_of[group[0]]))[pixel_of[group]]
+    return out
 
 
 def kmeans(pixels: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
@@ -86,8 +105,12 @@ def _sort(centres: np.ndarray) -> np.ndarray:
 
 def learn_palette(images: list[np.ndarray], k: int, sample: int, iterations: int, seed: int) -> np.ndarray:
     """Palette [k, 3] uint8 learned from RGB uint8 images."""
-    pixels = sample_pixels(images, sample, seed)
-    centres = kmeans(pixels, k, iterations, seed)
+    return palette_from_pixels(sample_pixels(images, sample, seed), k, iterations, seed)
+
+
+def palette_from_pixels(pixels: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
+    """Palette [k, 3] uint8: k-means of sampled RGB ``pixels [n, 3]``."""
+    centres = kmeans(pixels.astype(np.float32), k, iterations, seed)
     return np.clip(np.rint(centres), 0, 255).astype(np.uint8)
 
 
